@@ -1,0 +1,1 @@
+"""Data: documents, readers, corpus building and token shards."""

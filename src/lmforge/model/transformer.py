@@ -1,0 +1,264 @@
+"""The decoder-only transformer: pre-norm RMSNorm, RoPE, grouped-query attention, SwiGLU or MoE.
+
+Parameter names follow Hugging Face's Llama/Qwen layout (``model.layers.0.self_attn.q_proj``),
+so ``state_dict()`` is already an HF checkpoint; see ``hf.py``. The file stays pure: no
+distribution, compilation or checkpointing here — those wrap the model from outside.
+
+Usage::
+
+    from lmforge.model import ModelConfig, Transformer
+    model = Transformer(ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2))
+    out = model(torch.randint(0, 256, (1, 16)))          # out.logits: [1, 16, 256]
+    cache = model.new_kv_cache(batch_size=1, max_len=64)  # incremental decoding
+    out = model(ids, kv_cache=cache)
+
+``forward`` returns a ``ModelOutput`` with ``logits``, ``aux_loss`` (MoE load balancing, already
+scaled by ``aux_loss_coef``; 0 for dense) and ``expert_load`` ([n_layers, n_experts] fraction of
+routed tokens per expert, or None).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.model.config import ModelConfig
+from lmforge.model.moe import MoEFeedForward, SwiGLU
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor
+    aux_loss: torch.Tensor
+    expert_load: torch.Tensor | None = None
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in fp32, as HF's Llama/Qwen do (needed for logits equality)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for rotate-half RoPE; linear interpolation when ``scaling_factor`` > 1."""
+
+    def __init__(self, head_dim: int, theta: float, scaling_factor: float = 1.0) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        self.register_buffer("inv_freq", inv_freq / scaling_factor, persistent=False)
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # fp32 outer product even under autocast: positions up to 1e5 lose precision in bf16.
+        with torch.autocast(device_type=position_ids.device.type, enabled=False):
+            freqs = position_ids[..., None].float() * self.inv_freq.float()
+            emb = torch.cat((freqs, freqs), dim=-1)
+            return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, H, T, D]; cos/sin: [B, T, D]."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return x * cos + _rotate_half(x) * sin
+
+
+class KVCache:
+    """Preallocated keys/values for all layers: [n_layers, B, n_kv_heads, max_len, head_dim].
+
+    All sequences in a batch share one write position (``length``); left-padded prompts keep
+    their own RoPE positions through ``position_ids`` and hide padding through ``key_mask``.
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, dtype: torch.dtype, device) -> None:
+        shape = (config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+        self.length = 0
+        # key_mask[b, s] is False for padding slots; None means every slot is a real token.
+        self.key_mask: torch.Tensor | None = None
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} tokens > max_len {self.max_len}")
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.d_model, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(self, x, cos, sin, mask: torch.Tensor | None, kv_cache: KVCache | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)
+        if self.n_kv_heads != self.n_heads:
+            # Expanding K/V is faster on CPU than SDPA's enable_gqa path, which falls back to math.
+            rep = self.n_heads // self.n_kv_heads
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.d_model, config.norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = MoEFeedForward(config) if config.is_moe else SwiGLU(config.d_model, config.ffn_hidden)
+
+    def forward(self, x, cos, sin, mask, kv_cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """Named ``model`` inside ``Transformer`` so parameter names match HF (``model.layers.N``)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling_factor)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) weights; residual output projections scaled by 1/sqrt(2·n_layers)."""
+        std = self.config.init_std
+        residual_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                is_residual_out = name.endswith(("o_proj", "down_proj"))
+                nn.init.normal_(module.weight, 0.0, residual_std if is_residual_out else std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, std)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        param = self.model.embed_tokens.weight
+        return KVCache(self.config, batch_size, max_len or self.config.max_seq_len, dtype or param.dtype, param.device)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        params = {id(p): p for p in self.parameters()}  # tied weights count once
+        total = sum(p.numel() for p in params.values())
+        if exclude_embeddings:
+            total -= self.model.embed_tokens.weight.numel()
+        return total
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        num_logits_to_keep: int = 0,
+    ) -> ModelOutput:
+        """input_ids [B, T] -> logits [B, T, V] (or the last ``num_logits_to_keep`` positions).
+
+        ``attention_mask`` is an optional bool [B, S] key mask (False = padding) over all
+        positions seen so far including these; with a KV cache it is remembered there.
+        An explicit [B, 1, T, S] bool/float mask is passed to attention as is (packed documents).
+        """
+        B, T = input_ids.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=input_ids.device).unsqueeze(0).expand(B, T)
+        mask = self._attention_mask(attention_mask, kv_cache, B, T, past, input_ids.device)
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = self.rotary(position_ids, x.dtype)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, mask, kv_cache)
+        if kv_cache is not None:
+            kv_cache.length = past + T
+        x = self.model.norm(x)
+        if num_logits_to_keep:
+            x = x[:, -num_logits_to_keep:]
+        logits = self.lm_head(x)
+        return ModelOutput(logits=logits, **self._collect_moe_stats(x))
+
+    @staticmethod
+    def _attention_mask(attention_mask, kv_cache, B, T, past, device) -> torch.Tensor | None:
+        if attention_mask is not None and attention_mask.dim() == 4:
+            return attention_mask
+        if kv_cache is not None and attention_mask is not None:
+            kv_cache.key_mask = attention_mask.bool()
+        key_mask = kv_cache.key_mask if kv_cache is not None else attention_mask
+        if key_mask is None and past == 0:
+            return None  # plain causal attention: SDPA's fast is_causal path
+        S = past + T
+        q_pos = torch.arange(past, S, device=device)[:, None]
+        k_pos = torch.arange(S, device=device)[None, :]
+        mask = (k_pos <= q_pos)[None, None].expand(B, 1, T, S)
+        if key_mask is not None:
+            if key_mask.shape != (B, S):
+                raise ValueError(f"attention_mask must be [batch, {S}] over all positions; got {tuple(key_mask.shape)}")
+            # A padding query may see only itself: a row with no visible key would give NaN,
+            # and NaN keys/values poison later layers even when masked out.
+            mask = (mask & key_mask[:, None, None, :]) | (k_pos == q_pos)[None, None]
+        return mask
+
+    def _collect_moe_stats(self, x: torch.Tensor) -> dict:
+        if not self.config.is_moe:
+            return {"aux_loss": x.new_zeros((), dtype=torch.float32), "expert_load": None}
+        aux = [layer.mlp.last_aux_loss for layer in self.model.layers]
+        load = [layer.mlp.last_expert_load for layer in self.model.layers]
+        return {
+            "aux_loss": torch.stack(aux).mean() * self.config.aux_loss_coef,  # mean: coef independent of depth
+            "expert_load": torch.stack(load),
+        }

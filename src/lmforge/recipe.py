@@ -1,0 +1,47 @@
+"""A recipe: every component's section in one typed object, loaded from YAML with overrides.
+
+Each stage reads only its own section (``recipe.model``, ``recipe.train``, ...). Usage::
+
+    from lmforge.recipe import load_recipe
+    recipe = load_recipe("recipes/demo.yaml", ["train.lr=3e-4"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmforge.config import apply_overrides, build, load_yaml_with_marks
+from lmforge.data.corpus import CorpusConfig
+from lmforge.data.tokenize import TokenizeConfig
+from lmforge.infer.sampling import SamplingConfig
+from lmforge.model.config import ModelConfig
+from lmforge.tokenizer.train import TokenizerConfig
+from lmforge.train.config import TrainConfig
+
+
+@dataclass
+class SampleConfig:
+    """Continuations printed at the end of a run: prompts plus sampling settings."""
+
+    prompts: list[str] = field(default_factory=lambda: ["def ", "The "])
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class Recipe:
+    name: str = "lmforge"
+    out_dir: str = "runs/default"  # every stage writes under this directory
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: TokenizeConfig = field(default_factory=TokenizeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe file (or only defaults when ``path`` is None) and apply ``--set`` overrides."""
+    raw, marks = load_yaml_with_marks(path) if path else ({}, {})
+    apply_overrides(raw, overrides, marks)
+    return build(Recipe, raw, marks)
