@@ -58,7 +58,9 @@ def main() -> None:
     try:
         app()
     except (ConfigError, DataError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", markup=True)
+        from rich.markup import escape
+
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted")

@@ -1,0 +1,274 @@
+"""Streaming readers for pretraining text: files and directories in, ``Document`` objects out.
+
+Supported formats (chosen by file name):
+
+* ``.jsonl`` / ``.ndjson`` (also ``.gz`` / ``.zst`` compressed): one JSON object per line; the
+  text is under ``text_key`` and every other field is kept in ``metadata``.
+* ``.txt`` (also ``.gz`` / ``.zst``): ``txt_mode="paragraph"`` makes one document per
+  blank-line-separated block, ``"line"`` one per non-empty line (Chinese books often put one
+  paragraph per line with no blank lines between), ``"file"`` one per file.
+* ``.parquet``: a ``text_key`` column, read in record batches; other columns become metadata.
+* ``.arrow``: Arrow IPC files as written by Hugging Face ``datasets.save_to_disk``.
+
+A directory expands to its supported files, recursively, in sorted order (hidden files skipped),
+so the same inputs always give the same document order. Everything streams: memory stays flat
+however large the input (except ``txt_mode="file"``, which holds one file's text).
+
+A malformed record raises ``DataError("path:line: why")``; with ``skip_bad=True`` it is counted
+in ``ReadStats`` and skipped::
+
+    from lmforge.data.readers import ReadStats, read_documents
+    stats = ReadStats()
+    for doc in read_documents(["corpus/", "extra.jsonl.zst"], skip_bad=True, stats=stats):
+        print(doc.id, len(doc.text), doc.metadata["source"])
+    print(stats.documents, stats.bad_lines)
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterable, Iterator, Literal
+
+from lmforge.data.document import DataError, Document
+
+TxtMode = Literal["paragraph", "line", "file"]
+TXT_MODES = ("paragraph", "line", "file")
+
+_COMPRESSIONS = (".gz", ".zst")
+_LINE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "txt"}
+_TABLE_FORMATS = {".parquet": "parquet", ".arrow": "arrow"}
+SUPPORTED_SUFFIXES = tuple(
+    sorted([*_TABLE_FORMATS, *_LINE_FORMATS, *(f + c for f in _LINE_FORMATS for c in _COMPRESSIONS)])
+)
+_MAX_BAD_EXAMPLES = 10
+
+
+@dataclass
+class ReadStats:
+    """What a read saw; pass one in and read it afterwards (also while iterating)."""
+
+    files: list[dict] = field(default_factory=list)  # {"path": str, "bytes": int} in read order
+    documents: int = 0
+    bad_lines: int = 0
+    bad_examples: list[str] = field(default_factory=list)  # the first few skipped lines' messages
+
+    def bad(self, message: str) -> None:
+        self.bad_lines += 1
+        if len(self.bad_examples) < _MAX_BAD_EXAMPLES:
+            self.bad_examples.append(message)
+
+
+def file_format(path: str | os.PathLike) -> tuple[str, str] | None:
+    """``(format, compression)`` for a supported file name, e.g. ``("jsonl", ".zst")``; else None."""
+    name = Path(path).name.lower()
+    compression = ""
+    for c in _COMPRESSIONS:
+        if name.endswith(c):
+            compression, name = c, name[: -len(c)]
+            break
+    suffix = os.path.splitext(name)[1]
+    if compression:
+        fmt = _LINE_FORMATS.get(suffix)
+    else:
+        fmt = _LINE_FORMATS.get(suffix) or _TABLE_FORMATS.get(suffix)
+    return (fmt, compression) if fmt else None
+
+
+def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given; directories replaced by their supported files, recursively and sorted."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and file_format(f)
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
+            if not found:
+                raise DataError(f"{p}: no supported files in this directory (looked for {', '.join(SUPPORTED_SUFFIXES)})")
+            out.extend(found)
+        elif p.is_file():
+            if not file_format(p):
+                raise DataError(f"{p}: unsupported file type (supported: {', '.join(SUPPORTED_SUFFIXES)})")
+            out.append(p)
+        else:
+            raise DataError(f"{p}: no such file or directory")
+    return out
+
+
+def read_documents(
+    paths: Iterable[str | os.PathLike] | str | os.PathLike,
+    text_key: str = "text",
+    skip_bad: bool = False,
+    stats: ReadStats | None = None,
+    txt_mode: TxtMode = "paragraph",
+) -> Iterator[Document]:
+    """Yield every document in ``paths`` (files or directories), in a deterministic order."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if txt_mode not in TXT_MODES:
+        raise ValueError(f"txt_mode must be one of {', '.join(TXT_MODES)}; got {txt_mode!r}")
+    stats = stats if stats is not None else ReadStats()
+    for path in expand_paths(paths):
+        stats.files.append({"path": str(path), "bytes": path.stat().st_size})
+        fmt, compression = file_format(path)  # type: ignore[misc]  # expand_paths checked it
+        if fmt == "jsonl":
+            docs = _read_jsonl(path, compression, text_key, skip_bad, stats)
+        elif fmt == "txt":
+            docs = _read_txt(path, compression, txt_mode, skip_bad, stats)
+        else:
+            docs = _read_table(path, fmt, text_key, skip_bad, stats)
+        for doc in docs:
+            stats.documents += 1
+            yield doc
+
+
+def _open_binary(path: Path, compression: str) -> IO[bytes]:
+    if compression == ".gz":
+        return gzip.open(path, "rb")
+    if compression == ".zst":
+        import zstandard
+
+        # A stream reader, not a one-shot decompress: the frame may be far larger than RAM.
+        raw = open(path, "rb")
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+    return open(path, "rb")
+
+
+def _lines(path: Path, compression: str) -> Iterator[tuple[int, bytes]]:
+    try:
+        with _open_binary(path, compression) as f:
+            yield from enumerate(f, 1)
+    except (OSError, EOFError) as exc:  # truncated .gz, corrupt .zst frame, ...
+        raise DataError(f"{path}: cannot read ({compression or 'file'}): {exc}") from None
+    except Exception as exc:
+        if type(exc).__name__ == "ZstdError":
+            raise DataError(f"{path}: corrupt zstd data: {exc}") from None
+        raise
+
+
+def _read_jsonl(path: Path, compression: str, text_key: str, skip_bad: bool, stats: ReadStats) -> Iterator[Document]:
+    for line_no, raw in _lines(path, compression):
+        if not raw.strip():
+            continue  # blank lines (a trailing newline, a hand-edited file) are not records
+        try:
+            record = json.loads(raw)
+            if not isinstance(record, dict):
+                raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+            if text_key not in record:
+                keys = ", ".join(list(record)[:8])
+                raise ValueError(f"no '{text_key}' field (fields: {keys}); choose one with --text-key")
+            text = record.pop(text_key)
+            if not isinstance(text, str):
+                raise ValueError(f"'{text_key}' must be a string, got {type(text).__name__}")
+        except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+            message = f"{path}:{line_no}: {exc}"
+            if not skip_bad:
+                raise DataError(message) from None
+            stats.bad(message)
+            continue
+        doc_id = record.get("id")
+        doc_id = str(doc_id) if isinstance(doc_id, (str, int)) else f"{path.name}:{line_no}"
+        record["source"], record["line"] = str(path), line_no
+        yield Document(doc_id, text, record)
+
+
+def _read_txt(path: Path, compression: str, mode: str, skip_bad: bool, stats: ReadStats) -> Iterator[Document]:
+    block: list[str] = []
+    start = 0
+
+    def flush() -> Document | None:
+        text = "\n".join(block)
+        if mode != "file":
+            text = text.strip("\n")
+        if not text.strip():
+            return None
+        return Document(f"{path.name}:{start}", text, {"source": str(path), "line": start})
+
+    for line_no, raw in _lines(path, compression):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            message = f"{path}:{line_no}: invalid UTF-8 ({exc.reason} at byte {exc.start})"
+            if not skip_bad:
+                raise DataError(message) from None
+            stats.bad(message)
+            continue
+        if mode == "file":
+            block.append(line)
+            start = start or 1
+            continue
+        if mode == "line" or not line.strip():
+            if mode == "line":
+                block, start = [line], line_no
+            doc = flush()
+            block = []
+            if doc is not None:
+                yield doc
+            continue
+        if not block:
+            start = line_no
+        block.append(line)
+    if block:
+        doc = flush()
+        if doc is not None:
+            yield doc
+
+
+def _read_table(path: Path, fmt: str, text_key: str, skip_bad: bool, stats: ReadStats) -> Iterator[Document]:
+    import pyarrow as pa
+
+    row = 0
+    for batch in _record_batches(path, fmt):
+        if text_key not in batch.schema.names:
+            raise DataError(
+                f"{path}: no column '{text_key}' (columns: {', '.join(batch.schema.names)}); choose one with --text-key"
+            )
+        texts = batch.column(text_key)
+        if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
+            raise DataError(f"{path}: column '{text_key}' holds {texts.type}, not strings")
+        others = batch.drop_columns([text_key]).to_pylist() if batch.num_columns > 1 else None
+        for i, text in enumerate(texts.to_pylist()):
+            row += 1
+            if text is None:
+                message = f"{path}:{row}: '{text_key}' is null"
+                if not skip_bad:
+                    raise DataError(message)
+                stats.bad(message)
+                continue
+            meta = others[i] if others is not None else {}
+            doc_id = meta.get("id")
+            doc_id = str(doc_id) if isinstance(doc_id, (str, int)) else f"{path.name}:{row}"
+            meta["source"], meta["line"] = str(path), row
+            yield Document(doc_id, text, meta)
+
+
+def _record_batches(path: Path, fmt: str, batch_size: int = 1024):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if fmt == "parquet":
+            yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size)
+            return
+        # `datasets.save_to_disk` writes the Arrow IPC *stream* format; plain .arrow files use
+        # the random-access file format. Try the stream first, then the file.
+        with pa.memory_map(str(path)) as source:
+            try:
+                reader = pa.ipc.open_stream(source)
+                batches = iter(reader)
+            except pa.ArrowInvalid:
+                reader = pa.ipc.open_file(source)
+                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            for batch in batches:
+                yield from (batch.slice(o, batch_size) for o in range(0, batch.num_rows, batch_size))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: cannot read {fmt}: {exc}") from None
