@@ -86,10 +86,11 @@ def _run_tokenizer(ctx: StageContext) -> dict:
     from lmforge.tokenizer.evaluate import evaluate_compression, write_json
     from lmforge.tokenizer.train import train_tokenizer
 
-    files = ctx.upstream["corpus"]["files"]
-    texts = (doc.text for doc in read_documents(files, text_key=ctx.recipe.data.text_key))
-    out = train_tokenizer(texts, ctx.dir / "tokenizer", ctx.recipe.tokenizer)
-    rows = evaluate_compression([out], files)
+    files, data = ctx.upstream["corpus"]["files"], ctx.recipe.data
+    # Read the text exactly as the shards stage will, so the tokenizer sees the same documents.
+    docs = read_documents(files, text_key=data.text_key, skip_bad=data.skip_bad, txt_mode=data.txt_mode)
+    out = train_tokenizer((doc.text for doc in docs), ctx.dir / "tokenizer", ctx.recipe.tokenizer)
+    rows = evaluate_compression([out], files, text_key=data.text_key, txt_mode=data.txt_mode)
     write_json(rows, ctx.dir / "compression.json")
     return {"dir": str(out), "compression": rows}
 
@@ -145,7 +146,12 @@ def _escape(text: str) -> str:
 
 STAGES: list[Stage] = [
     Stage("corpus", (), _corpus_settings, _run_corpus),
-    Stage("tokenizer", ("corpus",), lambda r: {"tokenizer": to_dict(r.tokenizer), "text_key": r.data.text_key}, _run_tokenizer),
+    Stage(
+        "tokenizer",
+        ("corpus",),
+        lambda r: {"tokenizer": to_dict(r.tokenizer), "read": [r.data.text_key, r.data.txt_mode, r.data.skip_bad]},
+        _run_tokenizer,
+    ),
     Stage("shards", ("corpus", "tokenizer"), lambda r: to_dict(r.data), _run_shards),
     Stage("pretrain", ("shards", "tokenizer"), _pretrain_settings, _run_pretrain, resumable=True),
     Stage("sample", ("pretrain",), lambda r: to_dict(r.sample), _run_sample),

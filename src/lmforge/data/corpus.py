@@ -187,7 +187,9 @@ def build_corpus(cfg: CorpusConfig, out_path: str | Path) -> dict:
     budget = {name: share * cfg.max_bytes for name, share in cfg.sources.items()}
     stats = {"documents": 0, "bytes": 0, "by_source": {name: {"documents": 0, "bytes": 0} for name in budget}}
     with open(tmp, "w", encoding="utf-8") as f:
-        full = lambda name: stats["by_source"][name]["bytes"] >= budget[name] - cfg.min_doc_chars  # noqa: E731
+        def full(name: str) -> bool:
+            return name not in budget or stats["by_source"][name]["bytes"] >= budget[name] - cfg.min_doc_chars
+
         for doc in iter_builtin_documents(cfg, wanted=lambda name: not full(name)):
             size = len(doc["text"].encode("utf-8"))
             by = stats["by_source"][doc["source"]]

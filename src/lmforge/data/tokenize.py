@@ -14,7 +14,8 @@ How, and why:
   ``batch_chars`` characters; workers encode batches; results are written strictly in submission
   order. The same inputs give byte-identical shards whatever the worker count.
 * **Flat memory.** At most ``2 x workers`` batches are in flight (``bounded_ordered_map``), so
-  an input far larger than RAM streams through (``Pool.imap`` would read the whole input ahead).
+  an input far larger than RAM streams through (``Pool.imap`` or ``Executor.map`` would read
+  the whole input ahead).
 * **Stable validation split.** A document goes to ``val`` when the crc32 of its UTF-8 text, as a
   fraction of 2^32, falls below ``val_fraction``: independent of order and worker count, and
   exact duplicates always land in the same split (no train/val leakage through copies).
@@ -132,22 +133,26 @@ def _encode_in_worker(texts: list[str]) -> _Batch:
     return _WORKER_ENCODER(texts)
 
 
-def bounded_ordered_map(fn: Callable[[T], R], items: Iterable[T], pool=None, max_pending: int = 4) -> Iterator[R]:
-    """``map(fn, items)`` through a process ``pool``, in order, with at most ``max_pending`` in flight.
+def bounded_ordered_map(fn: Callable[[T], R], items: Iterable[T], executor=None, max_pending: int = 4) -> Iterator[R]:
+    """``map(fn, items)`` through a ``concurrent.futures`` executor, in order, at most ``max_pending`` in flight.
 
     ``items`` is pulled lazily: a new item is read only when an earlier result has been taken,
-    which is what keeps memory flat. ``pool=None`` maps in this process.
+    which is what keeps memory flat. ``executor=None`` maps in this process.
     """
-    if pool is None:
+    if executor is None:
         yield from map(fn, items)
         return
     pending: deque = deque()
-    for item in items:
-        pending.append(pool.apply_async(fn, (item,)))
-        if len(pending) >= max_pending:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
+    try:
+        for item in items:
+            pending.append(executor.submit(fn, item))
+            if len(pending) >= max_pending:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:  # on error or early exit, drop work nobody will read
+            future.cancel()
 
 
 def batch_texts(docs: Iterable[Document], batch_chars: int, max_docs: int = 8192) -> Iterator[list[str]]:
@@ -227,11 +232,21 @@ def tokenize_to_shards(
             consume(bounded_ordered_map(_Encoder(tokenizer_file, cfg.val_fraction, dtype), batches))
         else:
             import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
 
-            # spawn, not fork: the parent may hold torch / tokenizers thread pools, which fork breaks.
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_file, cfg.val_fraction, dtype)) as pool:
-                consume(bounded_ordered_map(_encode_in_worker, batches, pool, max_pending=2 * workers))
+            # spawn, not fork: the parent may hold torch / tokenizers thread pools, which fork
+            # breaks. A ProcessPoolExecutor (unlike multiprocessing.Pool) raises
+            # BrokenProcessPool when a worker dies instead of waiting forever.
+            executor = ProcessPoolExecutor(
+                workers,
+                mp_context=mp.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(tokenizer_file, cfg.val_fraction, dtype),
+            )
+            try:
+                consume(bounded_ordered_map(_encode_in_worker, batches, executor, max_pending=2 * workers))
+            finally:
+                executor.shutdown(wait=True, cancel_futures=True)
 
     if totals["tokens"] == 0:
         raise DataError(f"{', '.join(map(str, inputs))}: no text to tokenize (every document was empty)")

@@ -29,8 +29,13 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions: recipes import SamplingConfig, and loading a recipe
+# (or answering `lmforge --help`) should not pay for importing torch.
 
 
 @dataclass
@@ -66,6 +71,8 @@ class SamplingConfig:
 
 def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator:
     """A per-request RNG; an unseeded request still gets its own generator (fresh random seed)."""
+    import torch
+
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else secrets.randbits(63))
     return gen
@@ -87,6 +94,8 @@ class RowParams:
 
     @classmethod
     def from_configs(cls, configs: list[SamplingConfig], device: torch.device | str) -> RowParams:
+        import torch
+
         def col(values, dtype):
             return torch.tensor(values, dtype=dtype, device=device).unsqueeze(1)
 
@@ -120,12 +129,16 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 
     ``seen`` is a bool [B, V] mask of tokens in each row's context; ``penalty`` a float or [B, 1].
     """
+    import torch
+
     penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalized, logits)
 
 
 def apply_top_k(logits: torch.Tensor, top_k: torch.Tensor | int) -> torch.Tensor:
     """Mask (-inf) everything below each row's k-th highest logit; k == 0 leaves the row alone."""
+    import torch
+
     vocab = logits.shape[-1]
     k = torch.as_tensor(top_k, device=logits.device).reshape(-1, 1).expand(logits.shape[0], 1)
     k = torch.where(k > 0, k.clamp(max=vocab), torch.full_like(k, vocab))
@@ -139,6 +152,8 @@ def apply_top_p(logits: torch.Tensor, top_p: torch.Tensor | float) -> torch.Tens
     Same rule as HF (sort ascending, drop while cumulative probability <= 1 - p), written on the
     descending sort; rows with p >= 1 are untouched (float round-off must not clip their tail).
     """
+    import torch
+
     p = torch.as_tensor(top_p, dtype=torch.float32, device=logits.device).reshape(-1, 1).expand(logits.shape[0], 1)
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
     probs = sorted_logits.float().softmax(dim=-1)
@@ -155,6 +170,8 @@ def process_logits(logits: torch.Tensor, params: RowParams, seen: torch.Tensor |
 
     Greedy rows get temperature 1 here (their argmax is taken from the penalized logits).
     """
+    import torch
+
     logits = logits.float()
     if params.any_penalty and seen is not None:
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
@@ -176,6 +193,8 @@ def sample_next(
     generators: list[torch.Generator],
 ) -> torch.Tensor:
     """Next token per row, [B] long: argmax for greedy rows, a draw from each row's RNG otherwise."""
+    import torch
+
     processed = process_logits(logits, params, seen)
     greedy = processed.argmax(dim=-1)
     if params.all_greedy:

@@ -51,6 +51,13 @@ class ModelConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
+        if self.rope_theta <= 0 or self.rope_scaling_factor <= 0 or self.norm_eps <= 0:
+            raise ValueError("rope_theta, rope_scaling_factor and norm_eps must be positive")
+        if self.num_experts < 0 or self.num_shared_experts < 0:
+            raise ValueError("num_experts and num_shared_experts must be >= 0")
         if self.head_dim is None:
             if self.d_model % self.n_heads:
                 raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")

@@ -38,7 +38,11 @@ class ModelOutput:
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm computed in fp32, as HF's Llama/Qwen do (needed for logits equality)."""
+    """Root-mean-square norm computed in fp32, as HF's Llama/Qwen do (needed for logits equality).
+
+    ``weight * norm(x.float()).to(x.dtype)`` is HF's exact order of operations; the fused
+    ``F.rms_norm`` gives bit-identical fp32 results with fewer temporaries kept for backward.
+    """
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -46,24 +50,36 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin tables for rotate-half RoPE; linear interpolation when ``scaling_factor`` > 1."""
+    """cos/sin tables for rotate-half RoPE; linear interpolation when ``scaling_factor`` > 1.
+
+    ``inv_freq`` always stays fp32 and is recomputed (not converted) when the module moves:
+    ``model.to(torch.bfloat16)`` would otherwise round the frequencies (HF keeps them fp32 too),
+    and a model built on the ``meta`` device gets real values when it is materialized.
+    """
 
     def __init__(self, head_dim: int, theta: float, scaling_factor: float = 1.0) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-        self.register_buffer("inv_freq", inv_freq / scaling_factor, persistent=False)
+        self.head_dim, self.theta, self.scaling_factor = head_dim, theta, scaling_factor
+        self.register_buffer("inv_freq", self._inv_freq(torch.device("cpu")), persistent=False)
+
+    def _inv_freq(self, device: torch.device) -> torch.Tensor:
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float() / self.head_dim
+        return 1.0 / (self.theta**exponents) / self.scaling_factor
+
+    def _apply(self, fn, recurse: bool = True):
+        # `fn` is what .to()/.cuda()/.to_empty() do to each tensor; a probe tells the target device.
+        device = fn(torch.zeros((), dtype=torch.float32)).device
+        self.inv_freq = self._inv_freq(device)
+        return self
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         # fp32 outer product even under autocast: positions up to 1e5 lose precision in bf16.
         with torch.autocast(device_type=position_ids.device.type, enabled=False):
-            freqs = position_ids[..., None].float() * self.inv_freq.float()
+            freqs = position_ids[..., None].float() * self.inv_freq
             emb = torch.cat((freqs, freqs), dim=-1)
             return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -74,7 +90,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, T, D]; cos/sin: [B, T, D]."""
+    """x: [B, H, T, D]; cos/sin: [B or 1, T, D] (one table shared by the batch when positions agree)."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     return x * cos + _rotate_half(x) * sin
 
@@ -120,7 +136,7 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x, cos, sin, mask: torch.Tensor | None, kv_cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x, cos, sin, mask: torch.Tensor | None, is_causal: bool, kv_cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
@@ -131,13 +147,31 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
-        if self.n_kv_heads != self.n_heads:
-            # Expanding K/V is faster on CPU than SDPA's enable_gqa path, which falls back to math.
+        gqa = self.n_kv_heads != self.n_heads
+        if gqa and not _native_gqa(q.device, mask):
             rep = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+            gqa = False
+        # enable_gqa only where it is true: torch < 2.5 does not know the keyword.
+        extra = {"enable_gqa": True} if gqa else {}
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, **extra)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+def _native_gqa(device: torch.device, mask: torch.Tensor | None) -> bool:
+    """Whether SDPA can share K/V heads itself instead of us copying them ``n_heads/n_kv_heads`` times.
+
+    The CPU flash kernel (torch >= 2.5) and the CUDA flash kernel (causal, no mask) take grouped
+    K/V directly. With a mask CUDA would pick the memory-efficient kernel, which has no GQA and
+    would fall back to the slow math path, so there K/V are expanded instead.
+    """
+    if not _SDPA_HAS_GQA:
+        return False
+    return device.type == "cpu" or mask is None
+
+
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 
 class DecoderLayer(nn.Module):
@@ -148,8 +182,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = MoEFeedForward(config) if config.is_moe else SwiGLU(config.d_model, config.ffn_hidden)
 
-    def forward(self, x, cos, sin, mask, kv_cache):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache)
+    def forward(self, x, cos, sin, mask, is_causal, kv_cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, is_causal, kv_cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -170,9 +204,14 @@ class Transformer(nn.Module):
         self.model = Backbone(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling_factor)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        self.tie_weights()
         self.reset_parameters()
+
+    def tie_weights(self) -> None:
+        """Share the output projection with the token embedding when the config says so (again
+        after anything that replaces parameters, e.g. ``load_state_dict(assign=True)``)."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -218,12 +257,13 @@ class Transformer(nn.Module):
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
         if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=input_ids.device).unsqueeze(0).expand(B, T)
-        mask = self._attention_mask(attention_mask, kv_cache, B, T, past, input_ids.device)
+            # [1, T]: one cos/sin table broadcast over the batch instead of B identical ones.
+            position_ids = torch.arange(past, past + T, device=input_ids.device).unsqueeze(0)
+        mask, is_causal = self._attention_mask(attention_mask, kv_cache, B, T, past, input_ids.device)
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rotary(position_ids, x.dtype)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, mask, kv_cache)
+            x = layer(x, cos, sin, mask, is_causal, kv_cache)
         if kv_cache is not None:
             kv_cache.length = past + T
         x = self.model.norm(x)
@@ -233,14 +273,21 @@ class Transformer(nn.Module):
         return ModelOutput(logits=logits, **self._collect_moe_stats(x))
 
     @staticmethod
-    def _attention_mask(attention_mask, kv_cache, B, T, past, device) -> torch.Tensor | None:
+    def _attention_mask(attention_mask, kv_cache, B, T, past, device) -> tuple[torch.Tensor | None, bool]:
+        """(mask for SDPA, is_causal). No mask at all wherever plain causal attention is exact,
+        so training and unpadded prefill take SDPA's fast causal kernels."""
         if attention_mask is not None and attention_mask.dim() == 4:
-            return attention_mask
+            return attention_mask, False
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError(f"attention_mask must be a [batch, keys] key mask or a [batch, 1, T, S] mask; got {tuple(attention_mask.shape)}")
         if kv_cache is not None and attention_mask is not None:
             kv_cache.key_mask = attention_mask.bool()
         key_mask = kv_cache.key_mask if kv_cache is not None else attention_mask
-        if key_mask is None and past == 0:
-            return None  # plain causal attention: SDPA's fast is_causal path
+        if key_mask is None:
+            if past == 0:
+                return None, True  # SDPA's causal path: no [T, S] mask is materialized
+            if T == 1:
+                return None, False  # one new token sees every cached one
         S = past + T
         q_pos = torch.arange(past, S, device=device)[:, None]
         k_pos = torch.arange(S, device=device)[None, :]
@@ -250,8 +297,8 @@ class Transformer(nn.Module):
                 raise ValueError(f"attention_mask must be [batch, {S}] over all positions; got {tuple(key_mask.shape)}")
             # A padding query may see only itself: a row with no visible key would give NaN,
             # and NaN keys/values poison later layers even when masked out.
-            mask = (mask & key_mask[:, None, None, :]) | (k_pos == q_pos)[None, None]
-        return mask
+            mask = (mask & key_mask[:, None, None, :].bool()) | (k_pos == q_pos)[None, None]
+        return mask, False
 
     def _collect_moe_stats(self, x: torch.Tensor) -> dict:
         if not self.config.is_moe:

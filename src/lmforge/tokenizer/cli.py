@@ -32,14 +32,14 @@ InputsArgument = Annotated[
     typer.Argument(help="Text files or directories (.jsonl[.gz|.zst], .txt[.gz|.zst], .parquet, .arrow).", show_default=False),
 ]
 TextKeyOption = Annotated[
-    Optional[str], typer.Option("--text-key", help="JSON field / parquet column holding the text [default: recipe data.text_key, 'text'].")
+    Optional[str], typer.Option("--text-key", help="JSON field / parquet column holding the text (default: the recipe's data.text_key, else 'text').")
 ]
 TxtModeOption = Annotated[
     Optional[str],
     typer.Option(
         "--txt-mode",
         callback=check_txt_mode,
-        help="How .txt files split into documents: paragraph (blank-line blocks), line, or file [default: recipe data.txt_mode].",
+        help="How .txt files split into documents: paragraph (blank-line blocks; the default), line, or file.",
     ),
 ]
 
@@ -92,6 +92,11 @@ def train(
     import json
 
     info = json.loads((path / SIDECAR).read_text(encoding="utf-8"))
+    if info["vocab_size"] < cfg.vocab_size:
+        console.print(
+            f"[yellow]warning:[/] the text only supported {info['vocab_size']:,} of {cfg.vocab_size:,} tokens "
+            "(too little text, or min_frequency too high); model.vocab_size may stay larger"
+        )
     console.print(
         f"[green]wrote[/] {path}: vocab {info['vocab_size']:,}, trained on {info['train_documents']:,} documents, "
         f"{info['train_chars']:,} chars ({info['train_bytes']:,} bytes) from {len(stats.files)} file(s); "

@@ -15,7 +15,8 @@ Choices, and why:
   prefix space. Splitting digits helps small models learn arithmetic, and using a pre-tokenizer
   llama.cpp knows (``qwen2``) means a GGUF export tokenizes our text exactly as we do.
 * **The full 256-byte initial alphabet**, so any string (emoji, rare CJK, binary junk) encodes
-  and decodes losslessly; there is no unknown token.
+  and decodes losslessly; there is no unknown token. (Losslessly up to NFC: like Qwen2, text is
+  NFC-normalized first, so ``decode(encode(x)) == unicodedata.normalize("NFC", x)``.)
 * **Special tokens first**: ``<|endoftext|>`` (0: end of document, also padding),
   ``<|im_start|>`` (1), ``<|im_end|>`` (2), then ``<|reserved_0|>``... kept free so later stages
   (tools, thinking) can add tokens without resizing the embedding.
@@ -106,20 +107,16 @@ class _TextCounter:
 
     def __iter__(self) -> Iterator[str]:
         for text in self.texts:
-            if not text:
-                continue
-            if self.max_chars and self.chars + len(text) > self.max_chars:
+            last = bool(self.max_chars) and self.chars + len(text) >= self.max_chars
+            if last:
                 text = text[: self.max_chars - self.chars]
-                if text:
-                    yield from self._count(text)
+            if text:
+                self.chars += len(text)
+                self.bytes += len(text.encode("utf-8"))
+                self.documents += 1
+                yield text
+            if last:
                 return
-            yield from self._count(text)
-
-    def _count(self, text: str) -> Iterator[str]:
-        self.chars += len(text)
-        self.bytes += len(text.encode("utf-8"))
-        self.documents += 1
-        yield text
 
 
 def train_tokenizer(

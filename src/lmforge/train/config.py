@@ -1,4 +1,10 @@
-"""Training settings (the recipe's ``train`` section), shared by every objective."""
+"""Training settings (the recipe's ``train`` section), shared by every objective.
+
+One ``TrainConfig`` drives the one trainer loop: pretraining reads ``shards``; later stages
+(SFT, DPO, distillation) reuse the same optimizer, schedule, checkpoint and logging settings.
+Step counts are optimizer steps; one step sees ``batch_size · grad_accum · world_size``
+sequences of ``seq_len`` tokens.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,9 @@ from typing import Literal
 class TrainConfig:
     # where to read and write
     shards: str = ""  # token-shard directory written by `lmforge data tokenize` (manifest.json)
-    tokenizer: str = ""  # tokenizer directory, copied into every checkpoint
-    out_dir: str = "runs/pretrain"
-    init_from: str = ""  # checkpoint to continue pretraining from ("" = random init)
+    tokenizer: str = ""  # tokenizer directory copied into every checkpoint ("" = the shards' own, if present)
+    out_dir: str = ""  # run directory: checkpoints/, metrics.jsonl, tensorboard/ ("" = {recipe.out_dir}/pretrain)
+    init_from: str = ""  # checkpoint (or run dir) to continue pretraining from ("" = random init)
     # batch geometry: global batch = batch_size · grad_accum · world_size sequences of seq_len
     seq_len: int = 512
     batch_size: int = 8
@@ -20,13 +26,13 @@ class TrainConfig:
     max_steps: int = 1000
     # optimizer: AdamW; weight decay skips norms, biases and embeddings unless decay_embeddings
     lr: float = 3e-4
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = 0.1  # the schedule ends at lr · min_lr_ratio (cosine and WSD)
     weight_decay: float = 0.1
     decay_embeddings: bool = False
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping (the norm is still logged)
     z_loss: float = 0.0  # coefficient of the log-partition penalty (YuLan-Mini uses 1e-4)
     # schedule
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
@@ -34,15 +40,20 @@ class TrainConfig:
     decay_fraction: float = 0.2  # WSD: share of max_steps spent decaying
     decay_shape: Literal["linear", "cosine", "sqrt"] = "sqrt"  # sqrt = 1 - sqrt(progress)
     # numerics and hardware
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # autocast dtype; weights stay fp32
+    # autocast dtype; weights and optimizer state stay fp32. auto: bfloat16 on CUDA (float16 on
+    # GPUs without bf16) and on CPUs with native bf16 (AVX512-BF16/AMX), else float32 — emulated
+    # bf16 matmuls (e.g. AVX2-only CPUs) are ~50x slower than fp32.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     compile: bool = False
-    seed: int = 1337
+    seed: int = 1337  # model init and the data order; change it to get a different run
+    num_threads: int = 0  # CPU intra-op threads (0 = torch's default); pin it for bit-exact CPU resumes
     # checkpoints, logging, evaluation
-    ckpt_every: int = 500
-    keep_last: int = 3
-    log_every: int = 10
-    eval_every: int = 200
-    eval_batches: int = 20
+    ckpt_every: int = 500  # also saved at the end; 0 = only at the end
+    keep_last: int = 3  # checkpoints kept in {out_dir}/checkpoints; 0 = keep all
+    log_every: int = 10  # metrics.jsonl / TensorBoard record every this many steps (and the last)
+    eval_every: int = 200  # held-out loss every this many steps (and at the end); 0 = only at the end
+    eval_batches: int = 20  # held-out set = the val split's first eval_batches global batches of windows
+    progress: bool = True  # rich progress bar on a terminal, a plain line per log step otherwise
     tensorboard: bool = True
-    wandb_project: str = ""  # "" = wandb off
+    wandb_project: str = ""  # "" = wandb off; needs `pip install wandb`

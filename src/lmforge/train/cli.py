@@ -1,0 +1,90 @@
+"""``lmforge pretrain RECIPE [--set k=v ...] [--resume]``: the pretraining stage from the command line.
+
+Runs on one process, or on several under ``torchrun`` (DDP; only rank 0 writes)::
+
+    lmforge pretrain recipes/demo.yaml --set train.max_steps=200
+    lmforge pretrain recipes/demo.yaml --resume                 # continue after a crash or kill
+    torchrun --nproc_per_node 2 -m lmforge.train.cli recipes/demo.yaml
+
+``python -m lmforge.train.cli`` is the same command, for ``torchrun -m`` and for environments
+without the console script. Heavy imports (torch) happen inside the command so ``lmforge --help``
+stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from lmforge.cli_common import RecipeArgument, SetOption, console, load_recipe_for_cli
+
+ResumeOption = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue from the latest checkpoint in train.out_dir, exactly as if never stopped "
+        "(starts from step 0 when there is none).",
+    ),
+]
+
+
+def pretrain(recipe_path: RecipeArgument, overrides: SetOption = None, resume: ResumeOption = False) -> None:
+    """Pretrain (or continue pretraining, with train.init_from) a model on token shards.
+
+    Writes checkpoints, metrics.jsonl, TensorBoard events and loss_curve.png under train.out_dir.
+
+    A NaN/inf loss stops the run with exit status 1 and keeps the last good checkpoint.
+    """
+    recipe = load_recipe_for_cli(recipe_path, overrides)
+    from rich.markup import escape
+
+    from lmforge.train.metrics import say
+    from lmforge.train.pretrain import train
+    from lmforge.train.trainer import TrainingDiverged
+
+    try:
+        result = train(recipe, resume=resume)
+    except TrainingDiverged as exc:
+        if os.environ.get("RANK", "0") == "0":  # every rank stops; one explains
+            console.print(f"[bold red]training diverged:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1)
+    if not result.is_main:
+        return
+    s = result.summary()
+    loss = f", train loss {s['train_loss']:.4f}" if s["train_loss"] is not None else ""
+    console.print(f"\n[bold]done:[/] step {s['step']:,}, {s['tokens_seen']:,} tokens{loss}")
+    if s["val_loss"] is not None:
+        baseline = f" (unigram baseline {s['unigram_baseline']:.4f})" if s["unigram_baseline"] is not None else ""
+        say(f"  held-out loss  {s['val_loss']:.4f} nats/token, {s['val_bpt']:.3f} bits/token{baseline}")
+    say(f"  checkpoint     {s['checkpoint']}")
+    say(f"  metrics        {s['metrics']}")
+    if s["loss_curve"]:
+        say(f"  loss curve     {s['loss_curve']}")
+    if s["tensorboard"]:
+        say(f"  tensorboard    tensorboard --logdir {s['tensorboard']}")
+
+
+def main() -> None:
+    """Entry point for ``python -m lmforge.train.cli``, with the same error handling as ``lmforge``."""
+    from rich.markup import escape
+
+    from lmforge.config import ConfigError
+    from lmforge.data.document import DataError
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(pretrain)
+    try:
+        app()
+    except (ConfigError, DataError) as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

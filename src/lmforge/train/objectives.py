@@ -1,0 +1,94 @@
+"""Loss objects: what the one trainer loop optimizes.
+
+Stages differ by their objective (and dataset/collator, model transform, frozen reference
+model), not by their loop. An objective is a small object with this interface:
+
+* ``__call__(model, batch) -> (loss, metrics)``: the scalar loss to minimize, averaged over the
+  batch's ``loss_tokens(batch)`` tokens, and a dict of detached tensors/floats to log
+  (``"expert_load"`` may be a [n_layers, n_experts] tensor).
+* ``loss_tokens(batch) -> int``: how many tokens the loss averages over. The trainer weights
+  each micro-batch by its share of the step's tokens (over all micro-batches and ranks), so a
+  step's loss and gradient are the token mean over the whole global batch, as if it had been
+  one batch — also when masking makes micro-batches unequal (SFT).
+* ``evaluate(model, batch) -> (loss_sum, tokens)``: summed held-out loss, for exact means over
+  any number of batches and ranks.
+* ``frozen_models() -> list[nn.Module]``: reference/teacher models the trainer moves to the
+  device and keeps in eval mode (DPO, distillation); empty here.
+
+Usage::
+
+    objective = LanguageModeling(z_loss=1e-4)
+    loss, metrics = objective(model, {"input_ids": x, "labels": y})   # metrics: ce, aux_loss, z_loss
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_INDEX = -100  # labels equal to this are not predicted (padding, prompts in SFT)
+
+
+class Objective(Protocol):
+    name: str
+
+    def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]: ...
+
+    def loss_tokens(self, batch: dict) -> int: ...
+
+    def evaluate(self, model: nn.Module, batch: dict) -> tuple[float, int]: ...
+
+    def frozen_models(self) -> list[nn.Module]: ...
+
+
+class LanguageModeling:
+    """Next-token cross-entropy + the model's MoE load-balancing loss + an optional z-loss.
+
+    ``z_loss`` adds ``coef · mean(logsumexp(logits)²)``, which keeps the softmax normalizer near
+    1 and the logits from drifting (PaLM; YuLan-Mini uses 1e-4). Cross-entropy is computed in
+    fp32 even under bf16 autocast: the log-softmax over a large vocabulary loses precision in bf16.
+    """
+
+    name = "language_modeling"
+
+    def __init__(self, z_loss: float = 0.0, ignore_index: int = IGNORE_INDEX) -> None:
+        self.z_loss = z_loss
+        self.ignore_index = ignore_index
+
+    def loss_tokens(self, batch: dict) -> int:
+        return int((batch["labels"] != self.ignore_index).sum())
+
+    def frozen_models(self) -> list[nn.Module]:
+        return []
+
+    def _token_losses(self, model: nn.Module, batch: dict):
+        out = model(batch["input_ids"])
+        logits = out.logits.float().flatten(0, 1)
+        labels = batch["labels"].flatten()
+        ce = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="sum")
+        return out, logits, labels, ce
+
+    def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        out, logits, labels, ce_sum = self._token_losses(model, batch)
+        mask = labels != self.ignore_index
+        n = mask.sum().clamp(min=1)
+        ce = ce_sum / n
+        loss = ce + out.aux_loss
+        metrics: dict = {"ce": ce.detach()}
+        if self.z_loss:
+            lse = torch.logsumexp(logits, dim=-1)
+            z = (lse.pow(2) * mask).sum() / n
+            loss = loss + self.z_loss * z
+            metrics["z_loss"] = z.detach()
+        if out.expert_load is not None:
+            metrics["aux_loss"] = out.aux_loss.detach()
+            metrics["expert_load"] = out.expert_load.detach()
+        return loss, metrics
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batch: dict) -> tuple[float, int]:
+        _, _, labels, ce_sum = self._token_losses(model, batch)
+        return float(ce_sum), int((labels != self.ignore_index).sum())

@@ -1,0 +1,107 @@
+"""The stage-graph runner: caching by settings, partial reruns, forcing; and the tiny demo end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from lmforge import run as run_module
+from lmforge.recipe import Recipe
+from lmforge.run import Stage, run_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def toy_stages(monkeypatch):
+    """Three cheap stages standing in for corpus → tokenizer → train; they count their runs."""
+    calls: list[str] = []
+
+    def make(name):
+        def run(ctx):
+            calls.append(name)
+            (ctx.dir / "out.txt").write_text(name)
+            return {"name": name, "inputs": sorted(ctx.upstream)}
+
+        return run
+
+    stages = [
+        Stage("a", (), lambda r: {"max_bytes": r.corpus.max_bytes}, make("a")),
+        Stage("b", ("a",), lambda r: {"vocab": r.tokenizer.vocab_size}, make("b")),
+        Stage("c", ("b",), lambda r: {"lr": r.train.lr}, make("c")),
+    ]
+    monkeypatch.setattr(run_module, "STAGES", stages)
+    return calls
+
+
+def test_second_run_is_cached_and_a_changed_setting_reruns_only_downstream(tmp_path, toy_stages):
+    recipe = Recipe(out_dir=str(tmp_path))
+    first = run_pipeline(recipe)
+    assert toy_stages == ["a", "b", "c"]
+    assert [s["status"] for s in first["stages"]] == ["ran"] * 3
+    second = run_pipeline(recipe)
+    assert toy_stages == ["a", "b", "c"]
+    assert [s["status"] for s in second["stages"]] == ["cached"] * 3
+    assert second["summaries"] == first["summaries"]
+
+    changed = replace(recipe, tokenizer=replace(recipe.tokenizer, vocab_size=999))
+    third = run_pipeline(changed)
+    assert toy_stages == ["a", "b", "c", "b", "c"]
+    assert [s["status"] for s in third["stages"]] == ["cached", "ran", "ran"]
+    # The old outputs stay: switching back costs nothing.
+    run_pipeline(recipe)
+    assert len(toy_stages) == 5
+
+
+def test_force_and_until(tmp_path, toy_stages):
+    recipe = Recipe(out_dir=str(tmp_path))
+    run_pipeline(recipe, until="b")
+    assert toy_stages == ["a", "b"]
+    run_pipeline(recipe, force={"b"})
+    assert toy_stages == ["a", "b", "b", "c"]
+    with pytest.raises(Exception, match="unknown stage"):
+        run_pipeline(recipe, until="nope")
+
+
+def test_unfinished_stage_output_is_rebuilt(tmp_path, toy_stages):
+    recipe = Recipe(out_dir=str(tmp_path))
+    run_pipeline(recipe)
+    stage_dir = Path(run_pipeline(recipe)["stages"][1]["dir"])
+    (stage_dir / "stage.json").unlink()  # as if the process died before the marker was written
+    (stage_dir / "junk").write_text("partial")
+    run_pipeline(recipe)
+    assert toy_stages == ["a", "b", "c", "b"]
+    assert not (stage_dir / "junk").exists()
+
+
+@pytest.mark.slow
+def test_tiny_demo_end_to_end(tmp_path):
+    """`lmforge run recipes/demo-tiny.yaml`: a real model below the unigram baseline, loadable by transformers."""
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "lmforge.cli", "run", str(REPO / "recipes" / "demo-tiny.yaml"), "--set", f"out_dir={out}"]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out / "run.json").read_text())
+    pretrain = record["summaries"]["pretrain"]
+    assert pretrain["val_loss"] < pretrain["unigram_baseline"] - 0.5
+    assert Path(pretrain["loss_curve"]).is_file()
+    samples = record["summaries"]["sample"]["samples"]
+    assert samples and all(s["completion"] for s in samples)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(pretrain["checkpoint"])
+    tokenizer = AutoTokenizer.from_pretrained(pretrain["checkpoint"])
+    assert model.config.vocab_size >= len(tokenizer)
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    statuses = [s["status"] for s in json.loads((out / "run.json").read_text())["stages"]]
+    assert statuses == ["cached"] * len(statuses)
