@@ -133,8 +133,6 @@ def _run_sample(ctx: StageContext) -> dict:
     completions = engine.complete(prompts, ctx.recipe.sample.sampling)
     samples = [{"prompt": p, "completion": c} for p, c in zip(prompts, completions)]
     write_json_atomic(ctx.dir / "samples.json", {"checkpoint": checkpoint, "samples": samples})
-    for s in samples:
-        console.print(f"[bold]{s['prompt']}[/]{_escape(s['completion'])}\n[dim]{'─' * 60}[/]")
     return {"samples": samples}
 
 
@@ -207,27 +205,35 @@ def run_pipeline(recipe: Recipe, force: set[str] = frozenset(), until: str | Non
 
 
 def _print_summary(recipe: Recipe, result: dict) -> None:
+    from rich.console import Console
+
+    # stdout, never wrapped: these lines are meant to be copied and pasted.
+    out = Console(soft_wrap=True, highlight=False)
     s = result["summaries"]
-    console.print("\n[bold]Where everything is[/]")
-    console.print(f"  run record     {Path(recipe.out_dir) / 'run.json'}")
+    if "sample" in s:
+        out.print("\n[bold]Samples[/]")
+        for sample in s["sample"]["samples"]:
+            out.print(f"[bold]{_escape(sample['prompt'])}[/]{_escape(sample['completion'])}\n[dim]{'─' * 60}[/]")
+    out.print("\n[bold]Where everything is[/]")
+    out.print(f"  run record     {Path(recipe.out_dir) / 'run.json'}")
     if "corpus" in s:
-        console.print(f"  corpus         {', '.join(s['corpus']['files'])}")
+        out.print(f"  corpus         {', '.join(s['corpus']['files'])}")
     if "tokenizer" in s:
-        console.print(f"  tokenizer      {s['tokenizer']['dir']}")
+        out.print(f"  tokenizer      {s['tokenizer']['dir']}")
     if "shards" in s:
-        console.print(f"  token shards   {s['shards']['dir']}  ({s['shards']['tokens']})")
+        out.print(f"  token shards   {s['shards']['dir']}  ({s['shards']['tokens']})")
     if "pretrain" in s:
         p = s["pretrain"]
-        console.print(f"  checkpoint     {p['checkpoint']}")
-        console.print(f"  metrics        {p['metrics']}")
-        console.print(f"  loss curve     {p['loss_curve']}")
+        out.print(f"  checkpoint     {p['checkpoint']}")
+        out.print(f"  metrics        {p['metrics']}")
+        out.print(f"  loss curve     {p['loss_curve']}")
         if p.get("val_loss") is not None and p.get("unigram_baseline") is not None:
-            console.print(
+            out.print(
                 f"  held-out loss  {p['val_loss']:.3f} nats/token vs unigram baseline {p['unigram_baseline']:.3f}"
             )
-        console.print(f"\n  lmforge generate {p['checkpoint']} --prompt 'def '")
-        console.print(f"  lmforge chat {p['checkpoint']}")
-        console.print(f"  python -c \"from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained('{p['checkpoint']}')\"")
+        out.print(f"\n  lmforge generate {p['checkpoint']} --prompt 'def '")
+        out.print(f"  lmforge chat {p['checkpoint']}")
+        out.print(f"  python -c \"from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained('{p['checkpoint']}')\"")
 
 
 def run_command(

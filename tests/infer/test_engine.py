@@ -203,13 +203,14 @@ def test_resolve_checkpoint_takes_the_latest_complete_step(tmp_path, dense_ckpt)
     run = tmp_path / "run"
     for step in ("step_00000010", "step_00000200"):
         shutil.copytree(dense_ckpt, run / "checkpoints" / step)
+        (run / "checkpoints" / step / "lmforge.json").write_text("{}")  # the trainer's completion mark
     (run / "checkpoints" / "step_00000300").mkdir()  # being written: no config.json yet
     assert resolve_checkpoint(run) == run / "checkpoints" / "step_00000200"
     assert resolve_checkpoint(run / "checkpoints") == run / "checkpoints" / "step_00000200"
     assert resolve_checkpoint(dense_ckpt) == dense_ckpt
     with pytest.raises(FileNotFoundError, match="no such"):
         resolve_checkpoint(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint"):
         resolve_checkpoint(run / "checkpoints" / "step_00000300")
 
 

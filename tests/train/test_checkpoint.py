@@ -1,3 +1,5 @@
+"""Checkpoints: atomic writes (a failed save leaves the previous one intact), keep-last-K, latest/resolve, contents."""
+
 import json
 
 import pytest

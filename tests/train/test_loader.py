@@ -1,3 +1,5 @@
+"""Packed-sequence loader: deterministic order, exact resume from its state, disjoint DDP rank slices, held-out windows."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,3 +1,5 @@
+"""Metrics sinks: JSONL records truncated on resume, optional wandb, and the loss-curve PNG."""
+
 import json
 import sys
 import types

@@ -1,3 +1,5 @@
+"""Loss objects (token-mean CE, z-loss, MoE auxiliary loss) and the FLOPs-per-token count used for MFU."""
+
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,3 +1,5 @@
+"""AdamW parameter groups: no weight decay on norms, biases and embeddings unless asked."""
+
 import torch
 
 from lmforge.model import ModelConfig, Transformer

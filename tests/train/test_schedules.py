@@ -1,3 +1,5 @@
+"""Learning-rate schedules: warmup, cosine, WSD with linear / cosine / 1-sqrt decay, at their key points."""
+
 import math
 
 import pytest

@@ -48,6 +48,7 @@ from typing import Any, Iterator, Literal, Sequence, overload
 
 import torch
 
+from lmforge.train.checkpoint import resolve_checkpoint  # noqa: F401  (re-exported)
 from lmforge.infer.sampling import RowParams, SamplingConfig, make_generator, sample_next
 
 logger = logging.getLogger(__name__)
@@ -58,32 +59,6 @@ ENDOFTEXT = "<|endoftext|>"
 
 # --------------------------------------------------------------------------------------------
 # Checkpoints, devices and dtypes
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory (has ``config.json``) as is; a run directory -> its latest step.
-
-    Accepts ``run_dir`` (with ``checkpoints/step_XXXXXXXX/``), ``run_dir/checkpoints`` or a step
-    directory itself. Step directories without ``config.json`` (still being written) are skipped.
-    """
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(f"{root}: no such checkpoint or run directory")
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: is a file; expected a checkpoint directory (with config.json) or a run directory")
-    if (root / "config.json").is_file():
-        return root
-    for parent in (root / "checkpoints", root):
-        steps = []
-        for child in parent.glob("step_*") if parent.is_dir() else ():
-            suffix = child.name.removeprefix("step_")
-            if suffix.isdigit() and (child / "config.json").is_file():
-                steps.append((int(suffix), child))
-        if steps:
-            return max(steps)[1]
-    raise FileNotFoundError(
-        f"{root}: not a checkpoint (no config.json) and no checkpoints/step_*/ with a config.json inside"
-    )
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -72,7 +72,10 @@ class MoEFeedForward(nn.Module):
             pairs = order[start : start + count]
             start += count
             tokens = pairs // self.top_k
-            y = self.experts[expert_idx](flat[tokens]) * flat_weights[pairs, None]
+            # index_select, not flat[tokens]: its backward is an index_add (a token appears at
+            # most once per expert, so it stays deterministic) instead of advanced indexing's
+            # sort-based index_put, which is much slower on GPUs.
+            y = self.experts[expert_idx](flat.index_select(0, tokens)) * flat_weights.index_select(0, pairs).unsqueeze(1)
             out.index_add_(0, tokens, y.to(out.dtype))
 
         if self.shared_expert is not None:
