@@ -80,10 +80,27 @@ def test_overrides_parse_yaml_values_and_are_checked():
     assert cfg.train.lr == 0.5 and cfg.train.tags == ["a", "b"] and cfg.flag and cfg.train.name is None
     raw, marks = {}, {}
     apply_overrides(raw, ["train.stepz=3"], marks)
-    with pytest.raises(ConfigError, match=r"--set train.stepz: unknown key 'train.stepz'; did you mean 'steps'"):
+    with pytest.raises(ConfigError, match=r"--set train.stepz=3: unknown key 'train.stepz'; did you mean 'steps'"):
         build(Outer, raw, marks)
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         apply_overrides({}, ["train.lr"], {})
+    raw, marks = {}, {}
+    apply_overrides(raw, ["trian.lr=1"], marks)
+    with pytest.raises(ConfigError, match=r"--set trian.lr=1: unknown key 'trian'; did you mean 'train'"):
+        build(Outer, raw, marks)
+
+
+def test_override_into_an_empty_yaml_section(tmp_path):
+    raw, marks = load_yaml_with_marks(_write(tmp_path, "train:\n"))
+    apply_overrides(raw, ["train.steps=3"], marks)
+    assert build(Outer, raw, marks).train.steps == 3
+
+
+def test_section_check_tripped_by_an_override_names_it():
+    from lmforge.recipe import load_recipe
+
+    with pytest.raises(ConfigError, match=r"section 'model' \(with --set model.d_model=63\): d_model=63 is not divisible"):
+        load_recipe(None, ["model.d_model=63"])
 
 
 def test_base_recipes_merge_and_cycles_are_caught(tmp_path):
@@ -114,3 +131,4 @@ def test_cli_reports_config_errors_cleanly(tmp_path):
     )
     assert proc.returncode == 2
     assert "unknown key 'train.lrr'" in proc.stderr and "Traceback" not in proc.stderr
+    assert f"{path}:2" in proc.stderr

@@ -105,3 +105,18 @@ def test_tiny_demo_end_to_end(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     statuses = [s["status"] for s in json.loads((out / "run.json").read_text())["stages"]]
     assert statuses == ["cached"] * len(statuses)
+
+
+def test_reporting_settings_stay_out_of_cache_keys():
+    from lmforge.run import STAGES, stage_key
+
+    stages = {s.name: s for s in STAGES}
+    base = Recipe()
+    quiet = replace(base, train=replace(base.train, progress=False, log_every=5, keep_last=1), data=replace(base.data, workers=1))
+    other_lr = replace(base, train=replace(base.train, lr=base.train.lr * 2))
+    up = {"shards": "x", "tokenizer": "y", "corpus": "z"}
+    for name in ("shards", "pretrain"):
+        inputs = {k: up[k] for k in stages[name].inputs}
+        assert stage_key(stages[name], quiet, inputs) == stage_key(stages[name], base, inputs)
+    inputs = {k: up[k] for k in stages["pretrain"].inputs}
+    assert stage_key(stages["pretrain"], other_lr, inputs) != stage_key(stages["pretrain"], base, inputs)

@@ -12,12 +12,10 @@ Bad recipes and bad data end with a one-line error naming the file and line, exi
 
 from __future__ import annotations
 
-import sys
-
 import typer
 
 from lmforge import __version__
-from lmforge.cli_common import console
+from lmforge.cli_common import run_app
 from lmforge.data.cli import app as data_app
 from lmforge.infer.cli import chat, generate
 from lmforge.model.cli import app as model_app
@@ -52,19 +50,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main() -> None:
-    from lmforge.config import ConfigError
-    from lmforge.data.document import DataError
-
-    try:
-        app()
-    except (ConfigError, DataError) as exc:
-        from rich.markup import escape
-
-        console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -26,3 +26,22 @@ def load_recipe_for_cli(path: Path | None, overrides: list[str] | None):
     from lmforge.recipe import load_recipe
 
     return load_recipe(path, overrides or [])
+
+
+def run_app(app: typer.Typer) -> None:
+    """Run a Typer app; bad recipes and bad data end in one line naming the place, exit status 2."""
+    import sys
+
+    from rich.markup import escape
+
+    from lmforge.config import ConfigError
+    from lmforge.data.document import DataError
+
+    try:
+        app()
+    except (ConfigError, DataError) as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)

@@ -103,14 +103,18 @@ def apply_overrides(raw: dict, overrides: list[str] | None, marks: Marks | None 
         parts = key.split(".")
         target = raw
         for depth, part in enumerate(parts[:-1]):
-            child = target.setdefault(part, {})
+            child = target.get(part)
+            if child is None:  # absent, or an empty `section:` line in the YAML
+                child = target[part] = {}
             if not isinstance(child, dict):
                 where = ".".join(parts[: depth + 1])
                 raise ConfigError(f"--set {key}: '{where}' is a value, not a section")
             target = child
         target[parts[-1]] = value
         if marks is not None:
-            marks[key] = f"--set {key}"
+            for depth in range(1, len(parts)):  # a section only the override created is its place too
+                marks.setdefault(".".join(parts[:depth]), f"--set {item}")
+            marks[key] = f"--set {item}"
     return raw
 
 
@@ -186,8 +190,13 @@ def _convert(tp: Any, value: Any, marks: Marks, path: str) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, str):  # YAML 1.1 reads 1e6 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise _type_error(tp, value, marks, path) from None
         if isinstance(value, float) and value.is_integer():
-            return int(value)  # 1e6 in YAML is a float; accept it where an int is meant
+            return int(value)  # 1.0e6 in YAML is a float; accept it where an int is meant
         raise _type_error(tp, value, marks, path)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -254,5 +263,9 @@ def _build_dataclass(cls: type, value: Any, marks: Marks, path: str) -> Any:
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{_where(path, marks)}: section '{path or 'recipe'}': {exc}") from None
+        # A section's own checks (e.g. d_model divisible by n_heads) may be tripped by an override.
+        prefix = f"{path}." if path else ""
+        overrides = sorted({m for k, m in marks.items() if k.startswith(prefix) and m.startswith("--set ")})
+        after = f" (with {', '.join(overrides)})" if overrides else ""
+        raise ConfigError(f"{_where(path, marks)}: section '{path or 'recipe'}'{after}: {exc}") from None
     return obj

@@ -34,7 +34,7 @@ import typer
 from lmforge import __version__
 from lmforge.cli_common import RecipeArgument, SetOption, console, load_recipe_for_cli
 from lmforge.config import to_dict
-from lmforge.data.shards import write_json_atomic
+from lmforge.io import write_json_atomic
 from lmforge.recipe import Recipe
 
 MARKER = "stage.json"
@@ -90,7 +90,7 @@ def _run_tokenizer(ctx: StageContext) -> dict:
     # Read the text exactly as the shards stage will, so the tokenizer sees the same documents.
     docs = read_documents(files, text_key=data.text_key, skip_bad=data.skip_bad, txt_mode=data.txt_mode)
     out = train_tokenizer((doc.text for doc in docs), ctx.dir / "tokenizer", ctx.recipe.tokenizer)
-    rows = evaluate_compression([out], files, text_key=data.text_key, txt_mode=data.txt_mode)
+    rows = evaluate_compression([out], files, text_key=data.text_key, txt_mode=data.txt_mode, skip_bad=data.skip_bad)
     write_json(rows, ctx.dir / "compression.json")
     return {"dir": str(out), "compression": rows}
 
@@ -105,9 +105,20 @@ def _run_shards(ctx: StageContext) -> dict:
     return {"dir": str(ctx.dir / "shards"), "tokens": splits, "unigram_entropy_nats": manifest.get("unigram_entropy_nats")}
 
 
+# Settings that change how a stage reports or how often it saves, never what it produces: they
+# stay out of the cache key, so `--set train.progress=false` does not retrain from scratch.
+_SHARDS_IGNORED = ("workers", "batch_chars")
+_PRETRAIN_IGNORED = ("shards", "tokenizer", "out_dir", "progress", "tensorboard", "wandb_project", "log_every", "ckpt_every", "keep_last")
+
+
+def _shards_settings(r: Recipe) -> dict:
+    settings = to_dict(r.data)
+    return {k: v for k, v in settings.items() if k not in _SHARDS_IGNORED}
+
+
 def _pretrain_settings(r: Recipe) -> dict:
-    # Paths are filled in by the runner from upstream stages; they are not settings.
-    train = to_dict(replace(r.train, shards="", tokenizer="", out_dir=""))
+    # Paths are filled in by the runner from upstream stages; they are not settings either.
+    train = {k: v for k, v in to_dict(r.train).items() if k not in _PRETRAIN_IGNORED}
     return {"model": to_dict(r.model), "train": train}
 
 
@@ -150,7 +161,7 @@ STAGES: list[Stage] = [
         lambda r: {"tokenizer": to_dict(r.tokenizer), "read": [r.data.text_key, r.data.txt_mode, r.data.skip_bad]},
         _run_tokenizer,
     ),
-    Stage("shards", ("corpus", "tokenizer"), lambda r: to_dict(r.data), _run_shards),
+    Stage("shards", ("corpus", "tokenizer"), _shards_settings, _run_shards),
     Stage("pretrain", ("shards", "tokenizer"), _pretrain_settings, _run_pretrain, resumable=True),
     Stage("sample", ("pretrain",), lambda r: to_dict(r.sample), _run_sample),
 ]
@@ -170,7 +181,7 @@ def run_pipeline(recipe: Recipe, force: set[str] = frozenset(), until: str | Non
     unknown = (set(force) | ({until} if until else set())) - set(names)
     if unknown:
         raise typer.BadParameter(f"unknown stage(s) {sorted(unknown)}; stages: {', '.join(names)}")
-    root = Path(recipe.out_dir)
+    root = Path(recipe.out_dir).resolve()  # summaries hold absolute paths: valid from any directory
     root.mkdir(parents=True, exist_ok=True)
     keys: dict[str, str] = {}
     summaries: dict[str, dict] = {}

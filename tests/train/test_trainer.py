@@ -146,8 +146,11 @@ def test_init_from_continues_pretraining_from_weights(shards, tmp_path, make_rec
 def _fake_tokenizer(directory):
     directory.mkdir()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>"]
-    (directory / "tokenizer.json").write_text(json.dumps(
-        {"added_tokens": [{"id": i, "content": t, "special": True} for i, t in enumerate(specials)], "model": {"vocab": {}}}))
+    from tokenizers import Tokenizer, models
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.add_special_tokens(specials)  # ids 0, 1, 2, 3
+    tokenizer.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps({
         "added_tokens_decoder": {str(i): {"content": t} for i, t in enumerate(specials[:3])},
         "bos_token": "<s>", "eos_token": "<|im_end|>", "pad_token": {"content": "<|endoftext|>"},

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from lmforge.cli_common import SetOption, console
-from lmforge.tokenizer.cli import InputsArgument, TextKeyOption, TxtModeOption
+from lmforge.tokenizer.cli import InputsArgument, SkipBadOption, TextKeyOption, TxtModeOption
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -33,12 +33,12 @@ def tokenize(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the shards and manifest.json.")],
     recipe: Annotated[Optional[Path], typer.Option("--recipe", help="YAML recipe; its 'data' section is used.")] = None,
     sets: SetOption = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", "-j", help="Tokenizer worker processes (0 = one per CPU core).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-j", help="Tokenizer worker processes (0 = one per CPU core this process may use).")] = None,
     shard_tokens: Annotated[Optional[int], typer.Option("--shard-tokens", help="Tokens per shard file.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option("--val-fraction", help="Fraction of documents (by a stable hash of their text) held out as 'val'.")] = None,
     text_key: TextKeyOption = None,
     txt_mode: TxtModeOption = None,
-    skip_bad: Annotated[Optional[bool], typer.Option("--skip-bad/--no-skip-bad", help="Count and skip malformed lines instead of stopping at the first.", show_default=False)] = None,
+    skip_bad: SkipBadOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     import dataclasses

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from lmforge.data.shards import write_json_atomic
+from lmforge.io import write_json_atomic
 
 
 @dataclass

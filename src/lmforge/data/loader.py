@@ -71,6 +71,15 @@ def _windows_to_batch(stream: TokenStream, window_ids, seq_len: int) -> dict[str
     return {"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous()}
 
 
+# What a changed loader-state field usually means, for the resume error.
+_RESUME_HINTS = {
+    "seed": "the seed changed",
+    "seq_len": "the sequence length changed",
+    "num_windows": "different shards, or a changed sequence length",
+    "shuffle": "the shuffle setting changed",
+}
+
+
 class PackedLoader:
     """An endless, seeded, resumable iterator of packed ``{"input_ids", "labels"}`` batches."""
 
@@ -96,8 +105,8 @@ class PackedLoader:
         self.global_batch = batch_size * world_size
         if self.num_windows < self.global_batch:
             raise ValueError(
-                f"{shards.dir}: split {split!r} has {self.stream.num_tokens:,} tokens = {self.num_windows} windows of "
-                f"seq_len {seq_len}, fewer than one global micro-batch ({batch_size} × {world_size} ranks); "
+                f"split {split!r} of {shards.dir} has {self.stream.num_tokens:,} tokens = {self.num_windows} windows of "
+                f"seq_len {seq_len}, fewer than one global micro-batch ({batch_size} sequences × {world_size} ranks); "
                 "use more data or a smaller seq_len / batch_size"
             )
         self.epoch = 0
@@ -150,7 +159,7 @@ class PackedLoader:
             if state.get(key) != getattr(self, key):
                 raise ValueError(
                     f"cannot resume the data order: {key} was {state.get(key)!r} when the checkpoint was saved, "
-                    f"now {getattr(self, key)!r} (different shards, seq_len or seed?)"
+                    f"now {getattr(self, key)!r} ({_RESUME_HINTS[key]})"
                 )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 

@@ -257,7 +257,10 @@ def _record_batches(path: Path, fmt: str, batch_size: int = 1024):
 
     try:
         if fmt == "parquet":
-            yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size)
+            # A context manager closes the file also when the reader stops early (break,
+            # an error downstream, generator.close()), not only at garbage collection.
+            with pq.ParquetFile(path) as pf:
+                yield from pf.iter_batches(batch_size=batch_size)
             return
         # `datasets.save_to_disk` writes the Arrow IPC *stream* format; plain .arrow files use
         # the random-access file format. Try the stream first, then the file.

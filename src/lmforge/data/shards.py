@@ -12,9 +12,9 @@ training run touches only the pages it samples.
 
 Usage::
 
-    writer = ShardWriter("shards/", dtype="uint16", shard_tokens=1 << 24)
-    writer.add("train", np.array([5, 6, 0], dtype=np.uint16))
-    manifest = writer.close({"eos_id": 0})
+    with ShardWriter("shards/", dtype="uint16", shard_tokens=1 << 24) as writer:
+        writer.add("train", np.array([5, 6, 0], dtype=np.uint16))
+        manifest = writer.close({"eos_id": 0})  # an exception before this: files closed, no manifest
     shards = ShardSet("shards/")
     shards.num_tokens("train"), shards.arrays("train")[0][:3]
 """
@@ -27,23 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
+from lmforge.io import write_json_atomic
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
 
 def dtype_for_vocab(vocab_size: int) -> str:
     return "uint16" if vocab_size <= np.iinfo(np.uint16).max + 1 else "uint32"
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ShardWriter:
@@ -64,6 +55,7 @@ class ShardWriter:
         self._files: dict[str, object] = {}
         self._filled: dict[str, int] = {}
         self._shards: dict[str, list[dict]] = {}
+        self._closed = False
 
     def _open_next(self, split: str) -> None:
         index = len(self._shards.setdefault(split, []))
@@ -97,6 +89,7 @@ class ShardWriter:
             f.close()
 
     def close(self, extra: dict | None = None) -> dict:
+        """Finish every shard file, then write the manifest (last, atomically); returns it."""
         for split in list(self._files):
             self._close_file(split)
         manifest = {
@@ -111,7 +104,28 @@ class ShardWriter:
             },
         }
         write_json_atomic(self.out_dir / MANIFEST, manifest)
+        self._closed = True
         return manifest
+
+    def abort(self) -> None:
+        """Close the open files and write no manifest: the directory stays marked incomplete."""
+        for split in list(self._files):
+            f = self._files.pop(split)
+            try:
+                f.close()
+            except OSError:
+                pass  # already failing; the missing manifest is what tells readers
+        self._closed = True
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """On an exception, ``abort``; otherwise ``close`` unless the caller already closed with its manifest."""
+        if exc_type is not None:
+            self.abort()
+        elif not self._closed:
+            self.close()
 
 
 class ShardSet:

@@ -25,12 +25,14 @@ How, and why:
   frequencies: a model that learned nothing but token frequencies reaches this loss, so held-out
   loss is judged against it.
 * **All or nothing.** The manifest is written last and atomically by the shard writer; an
-  interrupted run leaves no manifest, and ``ShardSet`` refuses such a directory.
+  interrupted or failed run closes its files and leaves no manifest, and ``ShardSet`` refuses
+  such a directory.
+* **Absolute paths in the manifest** (``tokenizer_dir``, ``sources``), so ``lmforge pretrain``
+  finds the tokenizer from whatever directory it runs in.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import zlib
@@ -42,11 +44,11 @@ from typing import Callable, Iterable, Iterator, Literal, TypeVar
 import numpy as np
 
 from lmforge.data.document import DataError, Document
+from lmforge.io import human
+from lmforge.tokenizer.train import EOS_TOKEN, load_tokenizer, tokenizer_sha256
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-EOS_TOKEN = "<|endoftext|>"
 
 
 @dataclass
@@ -54,7 +56,7 @@ class TokenizeConfig:
     text_key: str = "text"
     shard_tokens: int = 1 << 24  # tokens per shard file
     val_fraction: float = 0.0  # documents routed (by a hash of their text) to the held-out split
-    workers: int = 0  # 0 = one per CPU core
+    workers: int = 0  # 0 = one per CPU core this process may run on (see available_cpus)
     skip_bad: bool = False
     txt_mode: Literal["paragraph", "line", "file"] = "paragraph"  # how .txt files split into documents
     batch_chars: int = 1 << 20  # characters of text per worker task; in-flight memory is ~4x this per worker
@@ -64,6 +66,20 @@ class TokenizeConfig:
             raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
         if self.shard_tokens <= 0 or self.batch_chars <= 0 or self.workers < 0:
             raise ValueError("shard_tokens and batch_chars must be positive, workers >= 0")
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on: its affinity mask, not every core of the host.
+
+    ``os.cpu_count()`` counts the host's cores, so in a container or job limited to a few
+    (taskset, Slurm, Kubernetes cpusets) it would start far more workers than can run.
+    """
+    if hasattr(os, "sched_getaffinity"):  # Linux; absent on macOS and Windows
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except OSError:
+            pass
+    return os.cpu_count() or 1
 
 
 def is_val(text: str, val_fraction: float) -> bool:
@@ -193,7 +209,6 @@ def tokenize_to_shards(
     """
     from lmforge.data.readers import ReadStats, read_documents
     from lmforge.data.shards import ShardWriter, dtype_for_vocab
-    from lmforge.tokenizer.train import load_tokenizer, tokenizer_sha256
 
     cfg = cfg or TokenizeConfig()
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
@@ -205,12 +220,11 @@ def tokenize_to_shards(
     if eos_id is None:
         raise DataError(f"{tokenizer_file}: the tokenizer has no {EOS_TOKEN} token to end documents with")
     dtype = dtype_for_vocab(vocab_size)
-    workers = cfg.workers or os.cpu_count() or 1
+    workers = cfg.workers or available_cpus()
 
     stats = ReadStats()
     docs = read_documents(inputs, text_key=cfg.text_key, skip_bad=cfg.skip_bad, stats=stats, txt_mode=cfg.txt_mode)
     batches = batch_texts(docs, cfg.batch_chars)
-    writer = ShardWriter(out_dir, dtype=dtype, shard_tokens=cfg.shard_tokens)
     counts = np.zeros(vocab_size, dtype=np.int64)
     totals = {"train_docs": 0, "val_docs": 0, "empty_docs": 0, "tokens": 0}
     progress = _Progress(show_progress)
@@ -227,7 +241,8 @@ def tokenize_to_shards(
             totals["tokens"] += b.train.size + b.val.size
             progress.update(b.train_docs + b.val_docs + b.empty_docs, b.train.size + b.val.size)
 
-    with progress:
+    # The writer closes its files on any error and then writes no manifest (all or nothing).
+    with ShardWriter(out_dir, dtype=dtype, shard_tokens=cfg.shard_tokens) as writer, progress:
         if workers <= 1:
             consume(bounded_ordered_map(_Encoder(tokenizer_file, cfg.val_fraction, dtype), batches))
         else:
@@ -248,23 +263,24 @@ def tokenize_to_shards(
             finally:
                 executor.shutdown(wait=True, cancel_futures=True)
 
-    if totals["tokens"] == 0:
-        raise DataError(f"{', '.join(map(str, inputs))}: no text to tokenize (every document was empty)")
-    return writer.close(
-        {
-            "tokenizer_dir": str(tokenizer_dir),
-            "tokenizer_sha256": tokenizer_sha256(tokenizer_dir),
-            "vocab_size": vocab_size,
-            "eos_id": eos_id,
-            "documents": {"train": totals["train_docs"], "val": totals["val_docs"]},
-            "empty_documents": totals["empty_docs"],
-            "bad_lines": stats.bad_lines,
-            "bad_examples": stats.bad_examples,
-            "sources": stats.files,
-            "unigram_entropy_nats": unigram_entropy(counts),
-            "config": asdict(cfg),
-        }
-    )
+        if totals["tokens"] == 0:
+            raise DataError(f"{', '.join(map(str, inputs))}: no text to tokenize (every document was empty)")
+        # Absolute paths: `lmforge pretrain` may run from another directory than this command.
+        return writer.close(
+            {
+                "tokenizer_dir": str(tokenizer_dir.resolve()),
+                "tokenizer_sha256": tokenizer_sha256(tokenizer_dir),
+                "vocab_size": vocab_size,
+                "eos_id": eos_id,
+                "documents": {"train": totals["train_docs"], "val": totals["val_docs"]},
+                "empty_documents": totals["empty_docs"],
+                "bad_lines": stats.bad_lines,
+                "bad_examples": stats.bad_examples,
+                "sources": [{**f, "path": str(Path(f["path"]).resolve())} for f in stats.files],
+                "unigram_entropy_nats": unigram_entropy(counts),
+                "config": asdict(cfg),
+            }
+        )
 
 
 class _Progress:
@@ -298,7 +314,7 @@ class _Progress:
             dt = max(time.perf_counter() - self.start, 1e-9)
             line = (
                 f"{self.docs:,} docs ({self.docs / dt:,.0f}/s)  "
-                f"{_human(self.tokens)} tokens ({_human(self.tokens / dt)}/s)"
+                f"{human(self.tokens)} tokens ({human(self.tokens / dt)}/s)"
             )
             self._bar.update(self._task, line=line)
 
@@ -306,9 +322,3 @@ class _Progress:
         if self.enabled:
             self._bar.__exit__(*exc)
 
-
-def _human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}" if n == math.floor(n) else f"{n:.1f}"

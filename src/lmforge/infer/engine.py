@@ -48,35 +48,30 @@ from typing import Any, Iterator, Literal, Sequence, overload
 
 import torch
 
-from lmforge.train.checkpoint import resolve_checkpoint  # noqa: F401  (re-exported)
 from lmforge.infer.sampling import RowParams, SamplingConfig, make_generator, sample_next
+from lmforge.tokenizer.train import EOS_TOKEN, IM_END
+from lmforge.train.checkpoint import resolve_checkpoint  # noqa: F401  (re-exported)
+from lmforge.train.distributed import cpu_has_fast_bf16, pick_device
 
 logger = logging.getLogger(__name__)
 
-IM_END = "<|im_end|>"
-ENDOFTEXT = "<|endoftext|>"
-
-
 # --------------------------------------------------------------------------------------------
 # Checkpoints, devices and dtypes
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """None/"auto": bf16 on a GPU that supports it, else fp32 (CPU bf16 decoding is slower)."""
+def inference_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """Weight dtype for decoding. None/"auto": bf16 where the hardware multiplies it natively
+    (bf16 GPUs, AVX512-BF16/AMX CPUs), else fp32 — unlike training's autocast choice, weights are
+    cast outright, so there is no fp16 fallback whose range could overflow activations."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
+            return torch.bfloat16
+        if device.type == "cpu" and cpu_has_fast_bf16():
             return torch.bfloat16
         return torch.float32
     if dtype not in _DTYPES:
@@ -97,7 +92,7 @@ def default_stop_token_ids(tokenizer: Any, checkpoint_dir: Path | None = None, m
     if tokenizer is not None:
         add(tokenizer.eos_token_id)
         vocab = tokenizer.get_vocab()
-        for token in (IM_END, ENDOFTEXT):
+        for token in (IM_END, EOS_TOKEN):
             add(vocab.get(token))
     if checkpoint_dir is not None and (checkpoint_dir / "generation_config.json").is_file():
         add(json.loads((checkpoint_dir / "generation_config.json").read_text()).get("eos_token_id"))
@@ -292,8 +287,8 @@ class Engine:
         from lmforge.model.hf import load_pretrained
 
         ckpt = resolve_checkpoint(path)
-        dev = resolve_device(device)
-        model = load_pretrained(ckpt, device=dev, dtype=resolve_dtype(dtype, dev))
+        dev = pick_device(str(device))
+        model = load_pretrained(ckpt, device=dev, dtype=inference_dtype(dtype, dev))
         if not any((ckpt / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
             raise FileNotFoundError(f"{ckpt}: no tokenizer files (tokenizer.json / tokenizer_config.json) next to the weights")
         tokenizer = AutoTokenizer.from_pretrained(ckpt)

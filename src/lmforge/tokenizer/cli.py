@@ -20,10 +20,13 @@ from lmforge.cli_common import SetOption, console
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
+
 def check_txt_mode(value: Optional[str]) -> Optional[str]:
     """Typer callback: reject an unknown --txt-mode before any reading starts."""
-    if value is not None and value not in ("paragraph", "line", "file"):
-        raise typer.BadParameter(f"{value!r} is not one of paragraph, line, file")
+    from lmforge.data.readers import TXT_MODES  # the readers own the list; light to import
+
+    if value is not None and value not in TXT_MODES:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(TXT_MODES)}")
     return value
 
 
@@ -34,12 +37,23 @@ InputsArgument = Annotated[
 TextKeyOption = Annotated[
     Optional[str], typer.Option("--text-key", help="JSON field / parquet column holding the text (default: the recipe's data.text_key, else 'text').")
 ]
+SkipBadOption = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--skip-bad/--no-skip-bad",
+        help="Count and skip malformed lines instead of stopping at the first (default: the recipe's data.skip_bad, else no).",
+        show_default=False,
+    ),
+]
 TxtModeOption = Annotated[
     Optional[str],
     typer.Option(
         "--txt-mode",
         callback=check_txt_mode,
-        help="How .txt files split into documents: paragraph (blank-line blocks; the default), line, or file.",
+        help=(
+            "How .txt files split into documents: paragraph (blank-line blocks), line, or file "
+            "(default: the recipe's data.txt_mode, else paragraph)."
+        ),
     ),
 ]
 
@@ -59,7 +73,7 @@ def train(
     vocab_size: Annotated[Optional[int], typer.Option("--vocab-size", help="Vocabulary size incl. special tokens (shortcut for --set tokenizer.vocab_size=N).")] = None,
     text_key: TextKeyOption = None,
     txt_mode: TxtModeOption = None,
-    skip_bad: Annotated[Optional[bool], typer.Option("--skip-bad/--no-skip-bad", help="Count and skip malformed lines instead of stopping at the first.", show_default=False)] = None,
+    skip_bad: SkipBadOption = None,
     max_chars: Annotated[Optional[int], typer.Option("--max-chars", help="Stop reading after this many characters (0 = all).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -109,19 +123,33 @@ def eval_(
     files: InputsArgument,
     tokenizer: Annotated[list[Path], typer.Option("--tokenizer", "-t", help="Tokenizer directory (repeat to compare several).", show_default=False)],
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON here.")] = None,
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", help="YAML recipe; its 'data' section gives the reading defaults.")] = None,
+    sets: SetOption = None,
     text_key: TextKeyOption = None,
     txt_mode: TxtModeOption = None,
+    skip_bad: SkipBadOption = None,
     max_chars: Annotated[int, typer.Option("--max-chars", help="Read at most this many characters per file (0 = all).")] = 0,
 ) -> None:
+    from lmforge.cli_common import load_recipe_for_cli
     from lmforge.tokenizer.evaluate import compression_table, evaluate_compression, write_json
 
     for t in tokenizer:
         _require_tokenizer(t)
+    data = load_recipe_for_cli(recipe, sets).data
     rows = evaluate_compression(
-        tokenizer, files, text_key=text_key or "text", txt_mode=txt_mode or "paragraph", max_chars=max_chars
+        tokenizer,
+        files,
+        text_key=text_key or data.text_key,
+        txt_mode=txt_mode or data.txt_mode,
+        max_chars=max_chars,
+        skip_bad=data.skip_bad if skip_bad is None else skip_bad,
     )
     from rich.console import Console
 
     Console().print(compression_table(rows))  # the table is the result: stdout, not the log stream
+    first = rows[0]["tokenizer"]  # every tokenizer reads the same files, so count one's rows
+    bad = sum(r["bad_lines"] for r in rows if r["tokenizer"] == first and r["file"] != "TOTAL")
+    if bad:
+        console.print(f"bad lines skipped: {bad:,}")
     if json_path is not None:
         console.print(f"wrote {write_json(rows, json_path)}")

@@ -32,14 +32,17 @@ def evaluate_compression(
     text_key: str = "text",
     txt_mode: str = "paragraph",
     max_chars: int = 0,
+    skip_bad: bool = False,
 ) -> list[dict]:
     """One row per (tokenizer, file), plus a ``TOTAL`` row per tokenizer when there are several files.
 
     Each row holds ``tokenizer``, ``file``, ``documents``, ``chars``, ``bytes``, ``tokens``,
-    ``bytes_per_token`` and ``chars_per_token``. ``max_chars`` (0 = all) caps the text read per
-    file, for a quick estimate on a large corpus.
+    ``bad_lines``, ``bytes_per_token`` and ``chars_per_token``. ``max_chars`` (0 = all) caps the
+    text read per file, for a quick estimate on a large corpus. A malformed record raises
+    ``DataError`` unless ``skip_bad`` (as ``data.skip_bad`` when tokenizing), which skips and
+    counts it in ``bad_lines``.
     """
-    from lmforge.data.readers import read_documents
+    from lmforge.data.readers import ReadStats, read_documents
     from lmforge.tokenizer.train import load_tokenizer
 
     tokenizer_dirs, files = [Path(d) for d in tokenizer_dirs], [Path(f) for f in files]
@@ -52,8 +55,10 @@ def evaluate_compression(
         per_tok: list[dict] = []
         for path in files:
             row = {"tokenizer": str(tdir), "file": str(path), "documents": 0, "chars": 0, "bytes": 0, "tokens": 0}
+            stats = ReadStats()
             batch: list[str] = []
-            for doc in read_documents([path], text_key=text_key, txt_mode=txt_mode):  # type: ignore[arg-type]
+            docs = read_documents([path], text_key=text_key, txt_mode=txt_mode, skip_bad=skip_bad, stats=stats)  # type: ignore[arg-type]
+            for doc in docs:
                 text = doc.text
                 if max_chars and row["chars"] + len(text) > max_chars:
                     text = text[: max_chars - row["chars"]]
@@ -67,11 +72,13 @@ def evaluate_compression(
                     batch = []
                 if max_chars and row["chars"] >= max_chars:
                     break
+            docs.close()  # stopped early at max_chars: close the file now, not at garbage collection
             row["tokens"] += _count_tokens(tok, batch)
+            row["bad_lines"] = stats.bad_lines
             per_tok.append(_with_ratios(row))
         if len(per_tok) > 1:
             total = {"tokenizer": str(tdir), "file": "TOTAL"}
-            for key in ("documents", "chars", "bytes", "tokens"):
+            for key in ("documents", "chars", "bytes", "tokens", "bad_lines"):
                 total[key] = sum(r[key] for r in per_tok)
             per_tok.append(_with_ratios(total))
         rows.extend(per_tok)

@@ -31,13 +31,14 @@ The directory is written atomically (a temporary sibling, then rename) together 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
+
+from lmforge.io import write_json_atomic
 
 if TYPE_CHECKING:  # keep `import lmforge.tokenizer.train` light: recipes import this module
     from tokenizers import Tokenizer
@@ -178,7 +179,7 @@ def train_tokenizer(
             "train_bytes": counter.bytes,
             "tokenizer_sha256": _sha256_file(tmp / "tokenizer.json"),
         }
-        _write_json(tmp / SIDECAR, sidecar)
+        write_json_atomic(tmp / SIDECAR, sidecar)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -210,15 +211,11 @@ def _write_hf_configs(directory: Path, cfg: TokenizerConfig, specials: list[str]
         "errors": "replace",
         "chat_template": CHAT_TEMPLATE,
     }
-    _write_json(directory / "tokenizer_config.json", tokenizer_config)
-    _write_json(
+    write_json_atomic(directory / "tokenizer_config.json", tokenizer_config)
+    write_json_atomic(
         directory / "special_tokens_map.json",
         {"eos_token": EOS_TOKEN, "pad_token": EOS_TOKEN, "additional_special_tokens": [IM_START, IM_END]},
     )
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:

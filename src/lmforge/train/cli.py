@@ -14,7 +14,6 @@ stays instant.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Annotated
 
 import typer
@@ -68,22 +67,12 @@ def pretrain(recipe_path: RecipeArgument, overrides: SetOption = None, resume: R
 
 
 def main() -> None:
-    """Entry point for ``python -m lmforge.train.cli``, with the same error handling as ``lmforge``."""
-    from rich.markup import escape
-
-    from lmforge.config import ConfigError
-    from lmforge.data.document import DataError
+    """Entry point for ``python -m lmforge.train.cli`` (and torchrun), with the same error handling as ``lmforge``."""
+    from lmforge.cli_common import run_app
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(pretrain)
-    try:
-        app()
-    except (ConfigError, DataError) as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
+    run_app(app)
 
 
 if __name__ == "__main__":

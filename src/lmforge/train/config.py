@@ -57,3 +57,19 @@ class TrainConfig:
     progress: bool = True  # rich progress bar on a terminal, a plain line per log step otherwise
     tensorboard: bool = True
     wandb_project: str = ""  # "" = wandb off; needs `pip install wandb`
+
+    def __post_init__(self) -> None:
+        # The recipe loader reports a ValueError here as "file:line: section 'train': ...".
+        for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "ckpt_every", "keep_last", "eval_batches"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:  # also rejects NaN
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("min_lr_ratio", "decay_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not self.grad_clip >= 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip}")

@@ -7,8 +7,9 @@ runner both call it. What it decides, and why:
   ``train.init_from`` (a checkpoint or a run directory) for continued pretraining. The vocabulary
   size comes from the shard manifest when the recipe's differs (the shards are the truth); a
   loaded model whose vocabulary is smaller than the shards' is an error.
-* **Special tokens**: bos/eos/pad ids are read from the tokenizer (``tokenizer_config.json``),
-  else eos from the manifest, and written into the model config so ``config.json`` carries them.
+* **Special tokens**: bos/eos/pad are the tokens ``tokenizer_config.json`` names, with their ids
+  from the tokenizer itself, else eos from the manifest; they are written into the model config
+  so ``config.json`` carries them.
 * **Tokenizer**: ``train.tokenizer``, else the one the shards were made with (manifest
   ``tokenizer_dir``), else the ``init_from`` checkpoint's; it is checked against the manifest's
   ``tokenizer_sha256`` and copied into every checkpoint.
@@ -27,7 +28,6 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import random
 from pathlib import Path
@@ -40,6 +40,7 @@ from lmforge.config import ConfigError, to_dict
 from lmforge.data.loader import HeldOutWindows, PackedLoader
 from lmforge.data.shards import ShardSet
 from lmforge.model import ModelConfig, Transformer
+from lmforge.tokenizer.train import load_tokenizer, tokenizer_sha256
 from lmforge.train.checkpoint import resolve_checkpoint
 from lmforge.train.distributed import init_distributed
 from lmforge.train.flops import flops_per_token
@@ -50,47 +51,26 @@ from lmforge.train.trainer import Trainer, TrainResult
 _VOCAB_SCAN_TOKENS = 1 << 24  # without a manifest vocab_size, check this many tokens per shard
 
 
-def _token_id(directory: Path, token) -> int | None:
-    """Id of a special token named in tokenizer_config.json (a string or {"content": ...})."""
+def _token_name(token) -> str | None:
+    """A special token as tokenizer_config.json names it: a string or ``{"content": ...}``."""
     if isinstance(token, dict):
         token = token.get("content")
-    if not token:
-        return None
-    config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
-    for idx, entry in (config.get("added_tokens_decoder") or {}).items():
-        if entry.get("content") == token:
-            return int(idx)
-    tok_file = directory / "tokenizer.json"
-    if tok_file.is_file():
-        data = json.loads(tok_file.read_text(encoding="utf-8"))
-        for entry in data.get("added_tokens", []):
-            if entry.get("content") == token:
-                return int(entry["id"])
-        vocab = (data.get("model") or {}).get("vocab")
-        if isinstance(vocab, dict) and token in vocab:
-            return int(vocab[token])
-    return None
+    return token or None
 
 
 def special_token_ids(tokenizer_dir: str | Path | None, manifest: dict) -> dict[str, int | None]:
     """``{"bos_token_id", "eos_token_id", "pad_token_id"}`` from the tokenizer, else the manifest."""
     ids: dict[str, int | None] = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
-    if tokenizer_dir and (Path(tokenizer_dir) / "tokenizer_config.json").is_file():
-        directory = Path(tokenizer_dir)
+    directory = Path(tokenizer_dir) if tokenizer_dir else None
+    if directory and (directory / "tokenizer_config.json").is_file() and (directory / "tokenizer.json").is_file():
         config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+        tokenizer = load_tokenizer(directory)
         for name in ("bos", "eos", "pad"):
-            ids[f"{name}_token_id"] = _token_id(directory, config.get(f"{name}_token"))
+            token = _token_name(config.get(f"{name}_token"))
+            ids[f"{name}_token_id"] = tokenizer.token_to_id(token) if token else None
     if ids["eos_token_id"] is None and manifest.get("eos_id") is not None:
         ids["eos_token_id"] = int(manifest["eos_id"])
     return ids
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_tokenizer_dir(cfg, manifest: dict, init_checkpoint: Path | None) -> Path | None:
@@ -105,7 +85,7 @@ def resolve_tokenizer_dir(cfg, manifest: dict, init_checkpoint: Path | None) -> 
         if i == 0 and explicit:
             raise ConfigError(f"train.tokenizer={cfg.tokenizer!r}: no tokenizer.json there")
     expected = manifest.get("tokenizer_sha256")
-    if directory is not None and expected and _sha256(directory / "tokenizer.json") != expected:
+    if directory is not None and expected and tokenizer_sha256(directory) != expected:
         raise ConfigError(
             f"{directory}: this tokenizer is not the one the shards in {cfg.shards} were made with "
             "(tokenizer.json sha256 differs from the manifest's tokenizer_sha256); point train.tokenizer at the right one"
@@ -180,7 +160,10 @@ def train(recipe, resume: bool = False, hooks: Iterable = ()) -> TrainResult:
             raise ConfigError(f"train.seq_len={cfg.seq_len} exceeds model.max_seq_len={model.config.max_seq_len}")
         used = dataclasses.replace(recipe, model=model.config, train=dataclasses.replace(
             cfg, out_dir=str(run_dir), tokenizer=str(tokenizer_dir or "")))
-        train_data = PackedLoader(shards, cfg.seq_len, cfg.batch_size, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
+        try:
+            train_data = PackedLoader(shards, cfg.seq_len, cfg.batch_size, seed=cfg.seed, rank=env.rank, world_size=env.world_size)
+        except ValueError as exc:  # e.g. less data than one global batch
+            raise ConfigError(f"train.shards={cfg.shards}: {exc}") from None
         eval_data = None
         if "val" in shards.splits:
             # sized in global batches, so the held-out set is the same however the batch is split
