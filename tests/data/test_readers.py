@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 
 import pytest
@@ -89,6 +90,42 @@ def test_parquet_streams_batches_with_metadata(tmp_path):
     stats = ReadStats()
     assert [d.text for d in read_documents(tmp_path / "c.parquet", skip_bad=True, stats=stats)] == ["ok", "fine"]
     assert stats.bad_lines == 1
+
+
+def _open_fds_to(path) -> int:
+    fd_dir = "/proc/self/fd"
+    count = 0
+    for fd in os.listdir(fd_dir):
+        try:
+            count += os.readlink(os.path.join(fd_dir, fd)) == str(path)
+        except OSError:
+            pass  # the fd of listdir itself, gone by now
+    return count
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc (Linux)")
+def test_files_are_closed_when_reading_stops_early_or_fails(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = (tmp_path / "a.parquet").resolve()
+    pq.write_table(pa.table({"text": [f"doc {i}" for i in range(3000)]}), path, row_group_size=700)
+    docs = read_documents(path)
+    assert next(docs).text == "doc 0"
+    assert _open_fds_to(path) >= 1  # (guards the check below: the reader does hold the file open)
+    docs.close()  # what a consumer's break / error does to the generator
+    assert _open_fds_to(path) == 0
+    assert len(list(read_documents(path))) == 3000 and _open_fds_to(path) == 0
+    bad = (tmp_path / "bad.parquet").resolve()
+    pq.write_table(pa.table({"text": ["ok"] * 2000 + [None]}), bad)
+    with pytest.raises(DataError, match="is null") as err:
+        list(read_documents(bad))
+    assert err.value is not None and _open_fds_to(bad) == 0  # closed while the traceback lives on
+    bad_jsonl = (tmp_path / "bad.jsonl").resolve()
+    bad_jsonl.write_text('{"text": "ok"}\nnot json\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.jsonl:2") as err:
+        list(read_documents(bad_jsonl))
+    assert err.value is not None and _open_fds_to(bad_jsonl) == 0
 
 
 def test_arrow_stream_as_written_by_datasets(tmp_path):

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from lmforge.data.document import DataError, Document
-from lmforge.data.shards import ShardSet
+from lmforge.data.shards import MANIFEST, ShardSet, ShardWriter
 from lmforge.data.tokenize import (
     TokenizeConfig,
+    available_cpus,
     batch_texts,
     bounded_ordered_map,
     is_val,
@@ -67,7 +68,7 @@ def test_shards_hold_documents_plus_eos(tmp_path, tok_dir):
     assert m["dtype"] == "uint16" and m["eos_id"] == 0 and m["vocab_size"] == 300
     shards = m["splits"]["train"]["shards"]
     assert all(s["tokens"] == 1000 for s in shards[:-1]) and 0 < shards[-1]["tokens"] <= 1000
-    assert m["sources"] == [{"path": str(src), "bytes": src.stat().st_size}]
+    assert m["sources"] == [{"path": str(src.resolve()), "bytes": src.stat().st_size}]
     assert m["bad_lines"] == 0 and m["config"]["val_fraction"] == 0.2
     from lmforge.tokenizer.train import tokenizer_sha256
 
@@ -178,3 +179,64 @@ def test_real_text_into_shards(tmp_path, shared_data, tok_dir):
         t for t in texts if not is_val(t, 0.05)
     ] + [t for t in texts if is_val(t, 0.05)]
     assert m["splits"]["train"]["tokens"] > 10_000
+
+
+def test_manifest_paths_are_absolute(tmp_path, tok_dir, monkeypatch):
+    import os
+
+    _write_jsonl(tmp_path / "in.jsonl", _docs(20))
+    monkeypatch.chdir(tmp_path)  # relative paths as typed on a command line, resolved here
+    m = tokenize_to_shards(["in.jsonl"], os.path.relpath(tok_dir), "out", TokenizeConfig(workers=1), show_progress=False)
+    assert m["tokenizer_dir"] == str(tok_dir.resolve())
+    assert m["sources"][0]["path"] == str((tmp_path / "in.jsonl").resolve())
+    monkeypatch.chdir(tmp_path.parent)  # what `lmforge pretrain` from elsewhere sees
+    manifest = ShardSet(tmp_path / "out").manifest
+    assert load_tokenizer(manifest["tokenizer_dir"]).get_vocab_size() == 300
+
+
+def test_available_cpus_follows_the_affinity_mask(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert available_cpus() == 2
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS, Windows
+    assert available_cpus() == 64
+
+
+def test_shard_writer_aborts_on_error(tmp_path):
+    with pytest.raises(RuntimeError, match="boom"):
+        with ShardWriter(tmp_path / "s", shard_tokens=4) as writer:
+            writer.add("train", np.arange(6, dtype=np.uint16))
+            open_file = writer._files["train"]
+            raise RuntimeError("boom")
+    assert open_file.closed and not writer._files
+    assert not (tmp_path / "s" / MANIFEST).exists()
+    # Success: `close(extra)` inside the block writes the manifest, the exit does not rewrite it ...
+    with ShardWriter(tmp_path / "s", shard_tokens=4) as writer:
+        writer.add("train", np.arange(6, dtype=np.uint16))
+        m = writer.close({"eos_id": 0})
+    assert ShardSet(tmp_path / "s").manifest == m and m["eos_id"] == 0
+    # ... and a block that never called close() is closed (with a manifest) on exit.
+    with ShardWriter(tmp_path / "t") as writer:
+        writer.add("val", np.arange(3, dtype=np.uint16))
+    assert ShardSet(tmp_path / "t").num_tokens("val") == 3
+
+
+def test_failed_tokenize_closes_its_shard_files(tmp_path, tok_dir, monkeypatch):
+    import lmforge.data.shards as shards
+
+    opened = []
+    real_open_next = shards.ShardWriter._open_next
+
+    def spy(self, split):
+        real_open_next(self, split)
+        opened.append(self._files[split])
+
+    monkeypatch.setattr(shards.ShardWriter, "_open_next", spy)
+    src = _write_jsonl(tmp_path / "in.jsonl", _docs(100), ["not json"])
+    cfg = TokenizeConfig(workers=1, batch_chars=200, shard_tokens=100)
+    with pytest.raises(DataError, match=r"in\.jsonl:101"):
+        tokenize_to_shards([src], tok_dir, tmp_path / "out", cfg, show_progress=False)
+    assert opened and all(f.closed for f in opened)
+    assert not (tmp_path / "out" / MANIFEST).exists()

@@ -104,7 +104,7 @@ def test_model_info_text_and_overrides():
     assert "Qwen2MoeForCausalLM" in out and "8 routed + 1 shared experts, top-2" in out
     assert "active per token" in out and "at seq_len 1,024" in out
     dense = _invoke("info", str(RECIPES / "minimind2-small.yaml"))
-    assert "LlamaForCausalLM" in dense.output and "total 25,829,888 (25.83M)" in dense.output
+    assert "LlamaForCausalLM" in dense.output and "total 26,878,464 (26.88M)" in dense.output
     assert "active per token" not in dense.output
 
 

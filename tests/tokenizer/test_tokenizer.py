@@ -184,3 +184,50 @@ def test_cli_train_and_eval(tmp_path):
     assert row["documents"] == 200 and row["tokens"] > 0
     res = runner.invoke(app, ["eval", str(data), "--tokenizer", str(tmp_path)])
     assert res.exit_code != 0 and "no tokenizer.json" in res.output
+
+
+def test_eval_compression_skip_bad(tmp_path):
+    from lmforge.data.document import DataError
+
+    tok = train_tokenizer(_synthetic_texts(), tmp_path / "tok", TokenizerConfig(vocab_size=300), show_progress=False)
+    good, bad = _synthetic_texts(3), tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({"text": t}) + "\n" for t in good) + '{"text": 5}\nnot json\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.jsonl:4"):
+        evaluate_compression([tok], [bad])
+    (row,) = evaluate_compression([tok], [bad], skip_bad=True)
+    assert row["documents"] == 3 and row["bad_lines"] == 2 and row["tokens"] > 0
+    rows = evaluate_compression([tok], [bad, bad], skip_bad=True)
+    assert rows[-1]["file"] == "TOTAL" and rows[-1]["bad_lines"] == 4
+
+    from typer.testing import CliRunner
+
+    from lmforge.tokenizer.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", str(bad), "--tokenizer", str(tok)])
+    assert res.exit_code != 0 and isinstance(res.exception, DataError)
+    res = runner.invoke(app, ["eval", str(bad), "--tokenizer", str(tok), "--skip-bad", "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "e.json").read_text())["results"][0]["bad_lines"] == 2
+    res = runner.invoke(app, ["eval", str(bad), "--tokenizer", str(tok), "--set", "data.skip_bad=true"])
+    assert res.exit_code == 0, res.output  # the recipe's data section gives the default
+    res = runner.invoke(app, ["eval", str(bad), "--tokenizer", str(tok), "--txt-mode", "sentence"])
+    assert res.exit_code != 0 and "'sentence' is not one of paragraph" in res.output
+
+
+def test_cli_help_texts_survive_rich_markup():
+    """Typer renders help with rich markup: a "[default: x]" in a help string would vanish."""
+    import typer.main
+    from rich.text import Text
+
+    from lmforge.data.cli import app as data_app
+    from lmforge.tokenizer.cli import app as tokenizer_app
+
+    checked = 0
+    for app in (tokenizer_app, data_app):
+        group = typer.main.get_command(app)
+        for command in group.commands.values():
+            for text in [command.help or ""] + [p.help or "" for p in command.params if hasattr(p, "help")]:
+                assert Text.from_markup(text).plain == text, f"{command.name}: {text!r}"
+                checked += 1
+    assert checked > 20

@@ -1,6 +1,7 @@
 """Checkpoints: atomic writes (a failed save leaves the previous one intact), keep-last-K, latest/resolve, contents."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -95,3 +96,46 @@ def test_saving_the_same_step_again_replaces_it(tmp_path):
     path = _save(tmp_path, 7, model)
     assert torch.equal(load_pretrained(path).model.norm.weight, torch.full((32,), 2.0))
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000007"]
+
+
+def test_pruning_renames_aside_first_so_a_kill_mid_delete_leaves_no_complete_looking_dir(tmp_path, monkeypatch):
+    model = _model()
+    for step in (1, 2):
+        _save(tmp_path, step, model)
+    deleted = []
+
+    def killed_rmtree(path, ignore_errors=False):  # SIGKILL right as the delete starts
+        deleted.append(path.name)
+        (path / "model.safetensors").unlink()  # it got as far as the weights
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        _save(tmp_path, 3, model, keep_last=2)
+    monkeypatch.undo()
+    assert deleted and deleted[0].startswith(".old-step_00000001-")
+    # the half-deleted checkpoint is no longer listed, and its lmforge.json went first
+    assert [ckpt.checkpoint_step(p) for p in ckpt.list_checkpoints(tmp_path)] == [2, 3]
+    assert not (tmp_path / "checkpoints" / deleted[0] / ckpt.META).exists()
+    ckpt.remove_stale_temp_dirs(tmp_path)  # the sweep deletes it rather than restoring it
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000002", "step_00000003"]
+
+
+def test_a_kill_between_the_renames_of_a_resave_is_recovered_by_the_sweep(tmp_path):
+    model = _model()
+    good = _save(tmp_path, 7, model)
+    before = {p.name: p.read_bytes() for p in good.iterdir()}
+    # What a kill between `step_N -> .old-step_N-pid` and `.tmp-step_N -> step_N` leaves:
+    aside = tmp_path / "checkpoints" / ".old-step_00000007-4242"
+    good.rename(aside)
+    (tmp_path / "checkpoints" / ".tmp-step_00000007-4242").mkdir()
+    assert ckpt.latest_checkpoint(tmp_path) is None
+    ckpt.remove_stale_temp_dirs(tmp_path)
+    assert ckpt.latest_checkpoint(tmp_path) == good
+    assert {p.name: p.read_bytes() for p in good.iterdir()} == before
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000007"]
+    # when step_N is there after all, an .old- copy is just deleted
+    shutil.copytree(good, aside)
+    _save(tmp_path, 8, model)
+    assert not aside.exists()
+    assert [ckpt.checkpoint_step(p) for p in ckpt.list_checkpoints(tmp_path)] == [7, 8]

@@ -116,3 +116,20 @@ def test_cli_help_lists_resume_and_set():
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
     assert "--resume" in out.stdout and "--set" in out.stdout
+
+
+@pytest.mark.parametrize("problem", ["tiny shards", "bad setting"])
+def test_cli_input_mistakes_are_one_line_errors_with_exit_status_2(shard_factory, tmp_path, monkeypatch, capsys, problem):
+    from lmforge.train.cli import main
+
+    tiny = shard_factory(tmp_path / "tiny", train_tokens=100, val_tokens=0)
+    recipe_path = _write_recipe(tmp_path / "recipe.yaml", tiny, tmp_path / "run")
+    extra = ["--set", "train.log_every=0"] if problem == "bad setting" else []
+    monkeypatch.setattr(sys, "argv", ["lmforge-pretrain", str(recipe_path), *extra])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error:") and "Traceback" not in err
+    assert ("train.shards=" in err and "fewer than one global micro-batch" in err) if problem == "tiny shards" \
+        else "log_every must be >= 1" in err

@@ -176,3 +176,28 @@ def test_special_token_ids_come_from_the_tokenizer_which_is_copied_and_checked(t
     (other / "tokenizer.json").write_text("{}")
     with pytest.raises(ConfigError, match="not the one the shards"):
         train(make_recipe(shards, tmp_path / "run2", "train.max_steps=1", f"train.tokenizer={other}"))
+
+
+def test_a_resumed_run_logs_the_same_steps_as_an_uninterrupted_one(shards, tmp_path, make_recipe, losses):
+    overrides = ["train.log_every=5", "train.ckpt_every=3", "train.eval_every=0"]
+    train(make_recipe(shards, tmp_path / "full", *overrides))
+    with pytest.raises(KeyboardInterrupt):
+        train(make_recipe(shards, tmp_path / "cut", *overrides), hooks=[CrashAt(8)])
+    train(make_recipe(shards, tmp_path / "cut", *overrides), resume=True)  # from step 6: step 7 is not a log step
+
+    def logged(run):
+        return [(r["kind"], r["step"]) for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())]
+
+    assert logged("cut") == logged("full") == [("train", 1), ("train", 5), ("train", 10), ("train", 12), ("eval", 12)]
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+
+
+def test_too_little_data_and_a_resume_mismatch_are_config_errors(shards, tmp_path, make_recipe, shard_factory):
+    tiny = shard_factory(tmp_path / "tiny", train_tokens=100, val_tokens=0)  # 3 windows of 32 < a batch of 4
+    with pytest.raises(ConfigError, match=r"train\.shards=.*fewer than one global micro-batch"):
+        train(make_recipe(tiny, tmp_path / "tiny-run"))
+    train(make_recipe(shards, tmp_path / "run", "train.max_steps=2"))
+    with pytest.raises(ConfigError, match=r"--resume: .*step_00000002.*seq_len was 32 .* now 16"):
+        train(make_recipe(shards, tmp_path / "run", "train.max_steps=4", "train.seq_len=16"), resume=True)
+    with pytest.raises(ConfigError, match=r"--resume: .*does not fit this recipe's model"):
+        train(make_recipe(shards, tmp_path / "run", "train.max_steps=4", "model.d_model=64"), resume=True)

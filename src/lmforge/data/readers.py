@@ -30,6 +30,7 @@ import gzip
 import io
 import json
 import os
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Literal
@@ -156,29 +157,30 @@ def _lines(path: Path, compression: str) -> Iterator[tuple[int, bytes]]:
 
 
 def _read_jsonl(path: Path, compression: str, text_key: str, skip_bad: bool, stats: ReadStats) -> Iterator[Document]:
-    for line_no, raw in _lines(path, compression):
-        if not raw.strip():
-            continue  # blank lines (a trailing newline, a hand-edited file) are not records
-        try:
-            record = json.loads(raw)
-            if not isinstance(record, dict):
-                raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-            if text_key not in record:
-                keys = ", ".join(list(record)[:8])
-                raise ValueError(f"no '{text_key}' field (fields: {keys}); choose one with --text-key")
-            text = record.pop(text_key)
-            if not isinstance(text, str):
-                raise ValueError(f"'{text_key}' must be a string, got {type(text).__name__}")
-        except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
-            message = f"{path}:{line_no}: {exc}"
-            if not skip_bad:
-                raise DataError(message) from None
-            stats.bad(message)
-            continue
-        doc_id = record.get("id")
-        doc_id = str(doc_id) if isinstance(doc_id, (str, int)) else f"{path.name}:{line_no}"
-        record["source"], record["line"] = str(path), line_no
-        yield Document(doc_id, text, record)
+    with closing(_lines(path, compression)) as lines:  # closed also on an error (see _read_table)
+        for line_no, raw in lines:
+            if not raw.strip():
+                continue  # blank lines (a trailing newline, a hand-edited file) are not records
+            try:
+                record = json.loads(raw)
+                if not isinstance(record, dict):
+                    raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+                if text_key not in record:
+                    keys = ", ".join(list(record)[:8])
+                    raise ValueError(f"no '{text_key}' field (fields: {keys}); choose one with --text-key")
+                text = record.pop(text_key)
+                if not isinstance(text, str):
+                    raise ValueError(f"'{text_key}' must be a string, got {type(text).__name__}")
+            except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+                message = f"{path}:{line_no}: {exc}"
+                if not skip_bad:
+                    raise DataError(message) from None
+                stats.bad(message)
+                continue
+            doc_id = record.get("id")
+            doc_id = str(doc_id) if isinstance(doc_id, (str, int)) else f"{path.name}:{line_no}"
+            record["source"], record["line"] = str(path), line_no
+            yield Document(doc_id, text, record)
 
 
 def _read_txt(path: Path, compression: str, mode: str, skip_bad: bool, stats: ReadStats) -> Iterator[Document]:
@@ -193,30 +195,31 @@ def _read_txt(path: Path, compression: str, mode: str, skip_bad: bool, stats: Re
             return None
         return Document(f"{path.name}:{start}", text, {"source": str(path), "line": start})
 
-    for line_no, raw in _lines(path, compression):
-        try:
-            line = raw.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError as exc:
-            message = f"{path}:{line_no}: invalid UTF-8 ({exc.reason} at byte {exc.start})"
-            if not skip_bad:
-                raise DataError(message) from None
-            stats.bad(message)
-            continue
-        if mode == "file":
+    with closing(_lines(path, compression)) as lines:  # closed also on an error (see _read_table)
+        for line_no, raw in lines:
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                message = f"{path}:{line_no}: invalid UTF-8 ({exc.reason} at byte {exc.start})"
+                if not skip_bad:
+                    raise DataError(message) from None
+                stats.bad(message)
+                continue
+            if mode == "file":
+                block.append(line)
+                start = start or 1
+                continue
+            if mode == "line" or not line.strip():
+                if mode == "line":
+                    block, start = [line], line_no
+                doc = flush()
+                block = []
+                if doc is not None:
+                    yield doc
+                continue
+            if not block:
+                start = line_no
             block.append(line)
-            start = start or 1
-            continue
-        if mode == "line" or not line.strip():
-            if mode == "line":
-                block, start = [line], line_no
-            doc = flush()
-            block = []
-            if doc is not None:
-                yield doc
-            continue
-        if not block:
-            start = line_no
-        block.append(line)
     if block:
         doc = flush()
         if doc is not None:
@@ -227,28 +230,34 @@ def _read_table(path: Path, fmt: str, text_key: str, skip_bad: bool, stats: Read
     import pyarrow as pa
 
     row = 0
-    for batch in _record_batches(path, fmt):
-        if text_key not in batch.schema.names:
-            raise DataError(
-                f"{path}: no column '{text_key}' (columns: {', '.join(batch.schema.names)}); choose one with --text-key"
-            )
-        texts = batch.column(text_key)
-        if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
-            raise DataError(f"{path}: column '{text_key}' holds {texts.type}, not strings")
-        others = batch.drop_columns([text_key]).to_pylist() if batch.num_columns > 1 else None
-        for i, text in enumerate(texts.to_pylist()):
-            row += 1
-            if text is None:
-                message = f"{path}:{row}: '{text_key}' is null"
-                if not skip_bad:
-                    raise DataError(message)
-                stats.bad(message)
-                continue
-            meta = others[i] if others is not None else {}
-            doc_id = meta.get("id")
-            doc_id = str(doc_id) if isinstance(doc_id, (str, int)) else f"{path.name}:{row}"
-            meta["source"], meta["line"] = str(path), row
-            yield Document(doc_id, text, meta)
+    batches = _record_batches(path, fmt)
+    try:
+        for batch in batches:
+            if text_key not in batch.schema.names:
+                raise DataError(
+                    f"{path}: no column '{text_key}' (columns: {', '.join(batch.schema.names)}); choose one with --text-key"
+                )
+            texts = batch.column(text_key)
+            if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
+                raise DataError(f"{path}: column '{text_key}' holds {texts.type}, not strings")
+            others = batch.drop_columns([text_key]).to_pylist() if batch.num_columns > 1 else None
+            for i, text in enumerate(texts.to_pylist()):
+                row += 1
+                if text is None:
+                    message = f"{path}:{row}: '{text_key}' is null"
+                    if not skip_bad:
+                        raise DataError(message)
+                    stats.bad(message)
+                    continue
+                meta = others[i] if others is not None else {}
+                doc_id = meta.get("id")
+                doc_id = str(doc_id) if isinstance(doc_id, (str, int)) else f"{path.name}:{row}"
+                meta["source"], meta["line"] = str(path), row
+                yield Document(doc_id, text, meta)
+    finally:
+        # Close the file now, also on an error: the traceback a caller keeps would otherwise
+        # keep this frame, the suspended reader and its open file alive.
+        batches.close()
 
 
 def _record_batches(path: Path, fmt: str, batch_size: int = 1024):
@@ -257,8 +266,8 @@ def _record_batches(path: Path, fmt: str, batch_size: int = 1024):
 
     try:
         if fmt == "parquet":
-            # A context manager closes the file also when the reader stops early (break,
-            # an error downstream, generator.close()), not only at garbage collection.
+            # Closed on exhaustion and on generator.close() (an early stop, an error above),
+            # not only whenever garbage collection gets to it.
             with pq.ParquetFile(path) as pf:
                 yield from pf.iter_batches(batch_size=batch_size)
             return

@@ -25,6 +25,7 @@ from typing import Annotated, Optional
 import typer
 
 from lmforge.cli_common import RecipeArgument, SetOption
+from lmforge.io import human
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -85,13 +86,6 @@ def describe(cfg, seq_len: int, name: str = "") -> dict:
     }
 
 
-def _human(n: float) -> str:
-    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{unit}"
-    return f"{n:.0f}"
-
-
 def _format(info: dict) -> str:
     s, p, f = info["shape"], info["parameters"], info["flops_per_token"]
     heads = f"{s['n_heads']} query / {s['n_kv_heads']} KV heads × {s['head_dim']}"
@@ -110,13 +104,13 @@ def _format(info: dict) -> str:
         f"{info['name'] or 'model'}: {info['hf_architecture']}",
         f"  shape        d_model {s['d_model']}, {s['n_layers']} layers, {heads}{attention}",
         f"               {ffn}, vocab {s['vocab_size']:,}, {'tied' if s['tie_embeddings'] else 'untied'} embeddings, {rope}",
-        f"  parameters   total {p['total']:,} ({_human(p['total'])}), non-embedding {p['non_embedding']:,} ({_human(p['non_embedding'])})",
+        f"  parameters   total {p['total']:,} ({human(p['total'])}), non-embedding {p['non_embedding']:,} ({human(p['non_embedding'])})",
     ]
     if p["active_per_token"] != p["total"]:
-        lines.append(f"               active per token {p['active_per_token']:,} ({_human(p['active_per_token'])})")
+        lines.append(f"               active per token {p['active_per_token']:,} ({human(p['active_per_token'])})")
     lines += [
-        f"  weights      {_human(info['weights_bytes']['float32'])}B fp32, {_human(info['weights_bytes']['bfloat16'])}B bf16",
-        f"  FLOPs/token  forward {_human(f['forward'])}, training {_human(f['training'])} (at seq_len {info['seq_len']:,})",
+        f"  weights      {human(info['weights_bytes']['float32'])}B fp32, {human(info['weights_bytes']['bfloat16'])}B bf16",
+        f"  FLOPs/token  forward {human(f['forward'])}, training {human(f['training'])} (at seq_len {info['seq_len']:,})",
     ]
     return "\n".join(lines)
 

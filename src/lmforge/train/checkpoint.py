@@ -18,7 +18,11 @@ Atomicity: everything is written into a hidden temporary sibling (``.tmp-step_�
 and the directory are fsynced, and only then is it renamed to ``step_…`` (a rename within one
 directory is atomic on POSIX). A crash at any point leaves the previous checkpoints intact and
 no partial directory under a ``step_`` name; ``list_checkpoints`` additionally requires
-``lmforge.json`` and ignores hidden directories, which the next save sweeps away.
+``lmforge.json`` and ignores hidden directories, which the next save sweeps away. Deleting is
+atomic too: a checkpoint that is pruned (``keep_last``) or replaced (the same step saved again)
+is first renamed to a hidden ``.old-step_…`` name, and its ``lmforge.json`` removed before the
+rest; should a kill leave ``step_N`` missing and a complete ``.old-step_N-…``, the sweep (which
+resuming also runs) renames it back.
 
 Usage::
 
@@ -135,13 +139,59 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _discard(path: Path) -> None:
+    """Delete a checkpoint directory so that no kill midway leaves a complete-looking ``step_`` dir.
+
+    It is first renamed to a hidden ``.old-`` name (atomic), and its ``lmforge.json`` removed
+    before anything else: an ``.old-`` directory that still has ``lmforge.json`` is therefore
+    whole, which is what lets ``remove_stale_temp_dirs`` restore one (see there).
+    """
+    hidden = _aside_name(path)
+    path.rename(hidden)
+    _remove_aside(hidden)
+
+
+def _aside_name(path: Path) -> Path:
+    """A free hidden ``.old-{name}-{pid}[_{n}]`` sibling for ``path``."""
+    base = f".old-{path.name}-{os.getpid()}"
+    candidate, n = path.parent / base, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.parent / f"{base}_{n}"
+    return candidate
+
+
+def _remove_aside(hidden: Path) -> None:
+    (hidden / META).unlink(missing_ok=True)  # first: from now on it is not a complete checkpoint
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
 def remove_stale_temp_dirs(run_dir: str | Path) -> None:
-    """Delete temporary directories that a crashed save left behind."""
+    """Clean up after a save or prune that was killed midway.
+
+    ``.tmp-*`` (a save that did not finish) is deleted. ``.old-step_N-*`` is a checkpoint that
+    was being replaced or pruned. If ``step_N`` is missing and it is still complete
+    (``lmforge.json`` present: deleting removes that first), it is renamed back: after a kill
+    between the two renames that replace a checkpoint it is the only complete step N (and a
+    prune killed right after its rename merely brings back an old checkpoint, which the next
+    save prunes again). Otherwise it is deleted.
+    """
     root = Path(run_dir) / CHECKPOINTS_DIR
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.is_dir() and p.name.startswith((".tmp-", ".old-")):
-                shutil.rmtree(p, ignore_errors=True)
+    if not root.is_dir():
+        return
+    for p in sorted(root.iterdir()):
+        if not p.is_dir():
+            continue
+        if p.name.startswith(".old-"):
+            name = p.name[len(".old-"):].rsplit("-", 1)[0]
+            final = root / name
+            if _STEP_DIR.match(name) and (p / META).is_file() and not final.exists():
+                p.rename(final)
+                _fsync_dir(root)
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name.startswith(".tmp-"):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def save_checkpoint(
@@ -168,11 +218,15 @@ def save_checkpoint(
         full_meta = {"format": META_FORMAT, **meta}
         (tmp / META).write_text(json.dumps(full_meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         _fsync_tree(tmp)
-        if final.exists():  # the same step saved again: swap, so a complete one is always there
-            old = root / f".old-{final.name}-{os.getpid()}"
+        if final.exists():
+            # The same step saved again: set the old one aside, put the new one in place, then
+            # delete the old one. A kill between the two renames leaves the old one as the only
+            # complete step N; the next sweep (remove_stale_temp_dirs) renames it back.
+            old = _aside_name(final)
             final.rename(old)
             tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
+            _fsync_dir(root)
+            _remove_aside(old)
         else:
             tmp.rename(final)
         _fsync_dir(root)
@@ -181,5 +235,6 @@ def save_checkpoint(
         raise
     if keep_last > 0:
         for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
+        _fsync_dir(root)
     return final

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from lmforge.io import write_text_atomic
+
 # Dense bf16/fp16 tensor-core peaks (no sparsity), FLOP/s, by a substring of the device name.
 _GPU_PEAKS = [
     ("H200", 989e12),
@@ -129,9 +131,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     cache[key] = value
     try:  # a read-only home only costs a re-measurement next time
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(cache, indent=1))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(cache, indent=1))
     except OSError:
         pass
     return value

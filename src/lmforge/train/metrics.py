@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from lmforge.cli_common import console
+from lmforge.io import human, write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -60,13 +61,7 @@ def truncate_metrics(path: str | Path, last_step: int) -> None:
     if not path.is_file():
         return
     kept = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in kept:
-            f.write(json.dumps(r) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _scalars(record: dict, prefix: str) -> dict[str, float]:
@@ -122,8 +117,11 @@ class MetricsLogger:
             return None
         # One wandb run per run directory, continued across resumes.
         id_file = self.run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
-        id_file.write_text(run_id)
+        if id_file.is_file():
+            run_id = id_file.read_text().strip()
+        else:
+            run_id = wandb.util.generate_id()
+            write_text_atomic(id_file, run_id)
         return wandb.init(project=project, name=run_name or None, id=run_id, resume="allow", config=config or {}, dir=str(self.run_dir))
 
     def log(self, record: dict) -> None:
@@ -172,18 +170,15 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path, baseline: fl
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    # Binary, so not lmforge.io's text helper; the same temp-file-then-rename pattern.
     png_path = Path(png_path)
-    tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
-    os.replace(tmp, png_path)
+    tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, png_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return png_path
-
-
-def _fmt_tokens(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f}{unit}"
-    return f"{n:.0f}"
 
 
 class ProgressDisplay:
@@ -211,7 +206,7 @@ class ProgressDisplay:
     def update(self, step: int, record: dict, logged: bool) -> None:
         if not self.enabled:
             return
-        loss, speed, mfu = f"{record['loss']:.4f}", _fmt_tokens(record["tokens_per_s"]), f"{100 * record['mfu']:.1f}%"
+        loss, speed, mfu = f"{record['loss']:.4f}", human(record["tokens_per_s"]), f"{100 * record['mfu']:.1f}%"
         if self._bar is not None:
             self._bar.update(self._task, completed=step, loss=loss, speed=speed, mfu=mfu)
         elif logged:

@@ -349,6 +349,9 @@ class Trainer:
     # --- the loop -----------------------------------------------------------------------------
 
     def _restore(self, resume: bool) -> bool:
+        if self.env.is_main:  # finish what a killed save or prune left behind, before looking
+            ckpt.remove_stale_temp_dirs(self.run_dir)
+        self.env.barrier()
         existing = ckpt.latest_checkpoint(self.run_dir)
         if existing is None:
             if resume and self.env.is_main:
@@ -359,8 +362,19 @@ class Trainer:
                 f"{self.run_dir} already has checkpoints (latest {existing.name}); pass --resume to continue that run, "
                 "or choose another train.out_dir"
             )
-        self.load_weights(self.raw_model, existing)
-        self.load_state_dict(ckpt.load_trainer_state(existing))
+        # A checkpoint that does not fit this recipe (another model shape, seq_len, seed or
+        # shards) is a configuration mistake: one line naming it, not a traceback.
+        try:
+            self.load_weights(self.raw_model, existing)
+        except RuntimeError as exc:  # load_state_dict: size mismatch, missing/unexpected keys
+            detail = " ".join(str(exc).split())
+            raise ConfigError(f"--resume: {existing} does not fit this recipe's model (was the model section changed?): "
+                              f"{detail[:300]}") from None
+        try:
+            self.load_state_dict(ckpt.load_trainer_state(existing))
+        except ValueError as exc:
+            raise ConfigError(f"--resume: {existing}: {exc}; resume with the settings it was saved with, "
+                              "or choose another train.out_dir") from None
         meta = ckpt.read_meta(existing)
         self.parent_checkpoint = meta.get("parent_checkpoint", self.parent_checkpoint)
         self.last_eval = meta.get("last_eval") or {}
@@ -396,12 +410,16 @@ class Trainer:
                 record["mfu"] = record["tokens_per_s"] * self.flops_per_token / (self._peak * env.world_size) if self._peak else 0.0
                 self.last_train = record
                 step = self.step
-                logged = step % cfg.log_every == 0 or step == cfg.max_steps or step == start_step + 1
-                if logged:
+                # The logged steps depend only on the step, so a resumed run's metrics.jsonl reads
+                # exactly like an uninterrupted run's. The first step after (re)starting is still
+                # shown on the console, and its time (warm-up, compilation) kept out of tokens/s.
+                logged = step % cfg.log_every == 0 or step == cfg.max_steps or step == 1
+                first = step == start_step + 1
+                if logged or first:
                     window_tokens, window_time = 0, 0.0
-                    if self._logger is not None:
-                        self._logger.log(record)
-                progress.update(step, record, logged)
+                if logged and self._logger is not None:
+                    self._logger.log(record)
+                progress.update(step, record, logged or first)
                 self._call_hooks("on_step_end", step, record)
                 final = step == cfg.max_steps
                 if self.eval_data is not None and ((cfg.eval_every > 0 and step % cfg.eval_every == 0) or final):
