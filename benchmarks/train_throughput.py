@@ -107,17 +107,22 @@ def main() -> int:
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
     parser.add_argument("--compile", action="store_true", help="also time train.compile=true (torch.compile)")
     parser.add_argument("--peak-seconds", type=float, default=0.3, help="seconds per matmul-peak measurement")
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="comma-separated train.dtype values to time (bf16 is slow where the CPU emulates it)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
+    dtypes = {name: DTYPES[name] for name in args.dtypes.split(",") if name}
+    if not dtypes or set(dtypes) - set(DTYPES):
+        parser.error(f"--dtypes takes a comma-separated subset of {', '.join(DTYPES)}")
 
     from lmforge.train.distributed import cpu_has_fast_bf16
     from lmforge.train.flops import _cpu_name, measure_matmul_flops
 
-    variants = [(d, c) for d in DTYPES for c in ([False, True] if args.compile else [False])]
+    variants = [(d, c) for d in dtypes for c in ([False, True] if args.compile else [False])]
     with tempfile.TemporaryDirectory(prefix="lmforge-bench-") as tmp:
         trainers, info = {}, {}
         for dtype, compiled in variants:
@@ -128,12 +133,12 @@ def main() -> int:
         device = next(iter(trainers.values())).device
         peak_size = 4096 if device.type == "cuda" else 512  # what peak_flops measures with
         times: dict[tuple, list[float]] = {v: [] for v in variants}
-        peaks: dict[str, list[float]] = {d: [] for d in DTYPES}
+        peaks: dict[str, list[float]] = {d: [] for d in dtypes}
         # Interleaved: a noisy neighbour slows every variant and the peak alike, not one of them.
         for _ in range(args.steps):
             for variant in variants:
                 times[variant].append(timed_step(trainers[variant]))
-            for name, dtype in DTYPES.items():
+            for name, dtype in dtypes.items():
                 peaks[name].append(measure_matmul_flops(device, dtype, seconds=args.peak_seconds, size=peak_size))
 
     tokens = args.batch_size * args.seq_len
@@ -154,12 +159,13 @@ def main() -> int:
         })
 
     by = {(r["dtype"], r["compiled"]): r for r in rows}
-    fp32, bf16 = by["float32", False], by["bfloat16", False]
-    ratio = bf16["tokens_per_s"] / fp32["tokens_per_s"]
-    faster = "bfloat16" if ratio > 1 else "float32"
-    verdict = (f"{faster} is faster (eager): bf16 runs at {ratio:.2f}× the fp32 tokens/s"
-               + ("; this CPU has no native bf16 (AVX512-BF16/AMX), so bf16 matmuls are emulated"
-                  if device.type == "cpu" and not cpu_has_fast_bf16() else ""))
+    verdict = ""
+    if ("float32", False) in by and ("bfloat16", False) in by:
+        ratio = by["bfloat16", False]["tokens_per_s"] / by["float32", False]["tokens_per_s"]
+        faster = "bfloat16" if ratio > 1 else "float32"
+        verdict = (f"{faster} is faster (eager): bf16 runs at {ratio:.2f}× the fp32 tokens/s"
+                   + ("; this CPU has no native bf16 (AVX512-BF16/AMX), so bf16 matmuls are emulated"
+                      if device.type == "cpu" and not cpu_has_fast_bf16() else ""))
 
     where = _cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(f"\nlmforge Trainer.train_step: {args.recipe.name}, {rows[0]['params']:,} params, batch {args.batch_size} × seq_len "
@@ -174,12 +180,13 @@ def main() -> int:
     print(f"achieved = FLOPs per token × tokens/s, with FLOPs per token = 6 · params (issue) or flops_per_token "
           f"(6N + attention, as metrics.jsonl); peak = best measure_matmul_flops ({peak_size}² F.linear) of the same "
           f"dtype over {args.steps} rounds interleaved with the steps; MFU = achieved ÷ peak")
-    print(verdict)
+    if verdict:
+        print(verdict)
     if args.json:
         args.json.write_text(json.dumps({
             "recipe": str(args.recipe), "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps,
             "threads": torch.get_num_threads(), "device": where, "platform": platform.platform(),
-            "torch": torch.__version__, "rows": rows, "faster": faster, "bf16_over_fp32_tokens_per_s": ratio,
+            "torch": torch.__version__, "rows": rows, "verdict": verdict,
         }, indent=2) + "\n")
     return 0
 

@@ -13,14 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- endif %}"
-)
+from lmforge.tokenizer.train import CHAT_TEMPLATE  # the template lmforge's own tokenizers carry
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",

@@ -355,7 +355,7 @@ class Trainer:
         existing = ckpt.latest_checkpoint(self.run_dir)
         if existing is None:
             if resume and self.env.is_main:
-                say(f"--resume: no checkpoint in {self.run_dir}; starting from step 0")
+                say(f"no checkpoint in {self.run_dir} yet; starting from step 0")
             return False
         if not resume:
             raise ConfigError(
