@@ -226,7 +226,7 @@ def _print_summary(recipe: Recipe, result: dict) -> None:
         for sample in s["sample"]["samples"]:
             out.print(f"[bold]{_escape(sample['prompt'])}[/]{_escape(sample['completion'])}\n[dim]{'─' * 60}[/]")
     out.print("\n[bold]Where everything is[/]")
-    out.print(f"  run record     {Path(recipe.out_dir) / 'run.json'}")
+    out.print(f"  run record     {Path(recipe.out_dir).resolve() / 'run.json'}")
     if "corpus" in s:
         out.print(f"  corpus         {', '.join(s['corpus']['files'])}")
     if "tokenizer" in s:
