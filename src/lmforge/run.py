@@ -170,8 +170,11 @@ STAGES: list[Stage] = [
 # --- the runner -----------------------------------------------------------------------------------
 
 
-def stage_key(stage: Stage, recipe: Recipe, upstream_keys: dict[str, str]) -> str:
-    payload = {"stage": stage.name, "lmforge": __version__, "settings": stage.settings(recipe), "inputs": upstream_keys}
+def stage_key(stage: Stage, recipe: Recipe, upstream_keys: dict[str, str], settings: dict | None = None) -> str:
+    """Hash of the stage's settings (computed here unless given), its inputs' keys and the version."""
+    if settings is None:
+        settings = stage.settings(recipe)
+    payload = {"stage": stage.name, "lmforge": __version__, "settings": settings, "inputs": upstream_keys}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -188,7 +191,8 @@ def run_pipeline(recipe: Recipe, force: set[str] = frozenset(), until: str | Non
     records = []
     forced_downstream = False
     for stage in STAGES:
-        key = stage_key(stage, recipe, {name: keys[name] for name in stage.inputs})
+        settings = stage.settings(recipe)  # once: the corpus stage's walks every man page
+        key = stage_key(stage, recipe, {name: keys[name] for name in stage.inputs}, settings)
         keys[stage.name] = key
         out = root / f"{stage.name}-{key}"
         marker = out / MARKER
@@ -205,7 +209,7 @@ def run_pipeline(recipe: Recipe, force: set[str] = frozenset(), until: str | Non
             start = time.time()
             summary = stage.run(StageContext(recipe, out, {name: summaries[name] for name in stage.inputs}))
             seconds = time.time() - start
-            write_json_atomic(marker, {"stage": stage.name, "key": key, "seconds": seconds, "settings": stage.settings(recipe), "summary": summary})
+            write_json_atomic(marker, {"stage": stage.name, "key": key, "seconds": seconds, "settings": settings, "summary": summary})
             summaries[stage.name] = summary
             records.append({"stage": stage.name, "status": "ran", "dir": str(out), "seconds": seconds})
             console.print(f"[green]✓[/] {stage.name:<10} done in {seconds:.1f}s")
