@@ -114,7 +114,7 @@ def test_reporting_settings_stay_out_of_cache_keys():
     base = Recipe()
     quiet = replace(base, train=replace(base.train, progress=False, log_every=5, keep_last=1), data=replace(base.data, workers=1))
     other_lr = replace(base, train=replace(base.train, lr=base.train.lr * 2))
-    up = {"shards": "x", "tokenizer": "y", "corpus": "z"}
+    up = {"shards": "x", "tokenizer": "y", "corpus": "z", "clean": "w"}
     for name in ("shards", "pretrain"):
         inputs = {k: up[k] for k in stages[name].inputs}
         assert stage_key(stages[name], quiet, inputs) == stage_key(stages[name], base, inputs)

@@ -76,6 +76,12 @@ def _collect_marks(node: yaml.Node, prefix: str, filename: str, marks: Marks) ->
             key = f"{prefix}{key_node.value}"
             marks[key] = f"{filename}:{key_node.start_mark.line + 1}"
             _collect_marks(value_node, key + ".", filename, marks)
+    elif isinstance(node, yaml.SequenceNode) and prefix:
+        # List items are marked as `key[i]`, the form _convert reports their paths in.
+        for i, item_node in enumerate(node.value):
+            key = f"{prefix[:-1]}[{i}]"
+            marks[key] = f"{filename}:{item_node.start_mark.line + 1}"
+            _collect_marks(item_node, key + ".", filename, marks)
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -142,7 +148,8 @@ def _where(path: str, marks: Marks) -> str:
     while probe:
         if probe in marks:
             return marks[probe]
-        probe = probe.rpartition(".")[0]
+        # Up one level: `a.b[2].c` -> `a.b[2]` -> `a.b` -> `a`.
+        probe = probe[: probe.rindex("[")] if probe.endswith("]") else probe.rpartition(".")[0]
     return "recipe"
 
 

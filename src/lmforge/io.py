@@ -20,6 +20,7 @@ from pathlib import Path
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)

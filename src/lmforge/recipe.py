@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lmforge.config import apply_overrides, build, load_yaml_with_marks
 from lmforge.data.corpus import CorpusConfig
+from lmforge.data.pipeline.config import CleanConfig
 from lmforge.data.tokenize import TokenizeConfig
 from lmforge.infer.sampling import SamplingConfig
 from lmforge.model.config import ModelConfig
@@ -33,6 +34,7 @@ class Recipe:
     name: str = "lmforge"
     out_dir: str = "runs/default"  # every stage writes under this directory
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: TokenizeConfig = field(default_factory=TokenizeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

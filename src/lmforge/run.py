@@ -2,8 +2,12 @@
 
 Stages (each reads only its own recipe section plus its inputs' outputs)::
 
-    corpus ──► tokenizer ──► shards ──► pretrain ──► sample
-       └──────────────────────┘
+    corpus ──► clean ──► tokenizer ──► shards ──► pretrain ──► sample
+                 └──────────────────────┘
+
+``clean`` runs the recipe's data pipeline (``clean.pipeline``, e.g. recipes/data/default.yaml:
+normalize, filter, deduplicate) over the corpus and writes its funnel report; without one it
+passes the corpus through unchanged.
 
 Every stage's output lives in ``{out_dir}/{stage}-{key}`` where ``key`` hashes the stage's
 settings, its inputs' keys and the lmforge version. A stage is finished when its ``stage.json``
@@ -81,12 +85,65 @@ def _run_corpus(ctx: StageContext) -> dict:
     return {"files": [str(ctx.dir / "corpus.jsonl")], "builtin": True, **stats}
 
 
+def _load_clean_pipeline(r: Recipe, out_dir: Path | None = None):
+    from lmforge.data.pipeline.config import load_pipeline
+
+    overrides = list(r.clean.overrides) + ([f"output.dir={out_dir}"] if out_dir is not None else [])
+    return load_pipeline(r.clean.pipeline, overrides)
+
+
+def _clean_settings(r: Recipe) -> dict:
+    if not r.clean.pipeline:
+        return {"pipeline": None, "read": [r.data.text_key, r.data.txt_mode, r.data.skip_bad]}
+    from lmforge.data.pipeline.config import spec_to_dict
+
+    cfg, specs = _load_clean_pipeline(r)
+    # What the clean shards depend on; not where they go, nor how many workers make them.
+    return {
+        "reader": to_dict(cfg.reader),
+        "format": cfg.output.format,
+        "docs_per_file": cfg.output.docs_per_file,
+        "seed": cfg.seed,
+        "steps": [spec_to_dict(s) for s in specs],
+    }
+
+
+def _run_clean(ctx: StageContext) -> dict:
+    files = ctx.upstream["corpus"]["files"]
+    if not ctx.recipe.clean.pipeline:
+        return {"files": files, "text_key": ctx.recipe.data.text_key, "cleaned": False}
+    from lmforge.data.pipeline.executor import run_pipeline as run_data_pipeline
+    from lmforge.data.pipeline.report import funnel_table, write_report
+
+    cfg, specs = _load_clean_pipeline(ctx.recipe, ctx.dir / "pipeline")
+    cfg.inputs = list(files)
+    stats = run_data_pipeline(cfg, specs, base_dir=Path.cwd())
+    report = write_report(cfg.output.dir)
+    console.print(funnel_table(stats))
+    if not stats["checks"]["adds_up"]:
+        raise RuntimeError(f"data pipeline counts do not add up: {stats['checks']['problems']}")
+    return {
+        "files": [f["path"] for f in stats["output"]["files"]],
+        "text_key": "text",  # the clean shards hold their text under "text", whatever the corpus used
+        "cleaned": True,
+        "report": str(report),
+        "funnel": str(Path(cfg.output.dir) / "funnel.png"),
+        "totals": stats["totals"],
+        "bytes": {"read": stats["read"]["bytes"], "kept": stats["output"]["bytes"]},
+    }
+
+
+def _read_settings(ctx: StageContext):
+    """The recipe's data settings, reading the clean stage's output the way it was written."""
+    return replace(ctx.recipe.data, text_key=ctx.upstream["clean"]["text_key"])
+
+
 def _run_tokenizer(ctx: StageContext) -> dict:
     from lmforge.data.readers import read_documents
     from lmforge.tokenizer.evaluate import evaluate_compression, write_json
     from lmforge.tokenizer.train import train_tokenizer
 
-    files, data = ctx.upstream["corpus"]["files"], ctx.recipe.data
+    files, data = ctx.upstream["clean"]["files"], _read_settings(ctx)
     # Read the text exactly as the shards stage will, so the tokenizer sees the same documents.
     docs = read_documents(files, text_key=data.text_key, skip_bad=data.skip_bad, txt_mode=data.txt_mode)
     out = train_tokenizer((doc.text for doc in docs), ctx.dir / "tokenizer", ctx.recipe.tokenizer)
@@ -99,7 +156,7 @@ def _run_shards(ctx: StageContext) -> dict:
     from lmforge.data.tokenize import tokenize_to_shards
 
     manifest = tokenize_to_shards(
-        ctx.upstream["corpus"]["files"], ctx.upstream["tokenizer"]["dir"], ctx.dir / "shards", ctx.recipe.data
+        ctx.upstream["clean"]["files"], ctx.upstream["tokenizer"]["dir"], ctx.dir / "shards", _read_settings(ctx)
     )
     splits = {name: split["tokens"] for name, split in manifest["splits"].items()}
     return {"dir": str(ctx.dir / "shards"), "tokens": splits, "unigram_entropy_nats": manifest.get("unigram_entropy_nats")}
@@ -155,13 +212,14 @@ def _escape(text: str) -> str:
 
 STAGES: list[Stage] = [
     Stage("corpus", (), _corpus_settings, _run_corpus),
+    Stage("clean", ("corpus",), _clean_settings, _run_clean, resumable=True),  # the data pipeline resumes itself
     Stage(
         "tokenizer",
-        ("corpus",),
+        ("clean",),
         lambda r: {"tokenizer": to_dict(r.tokenizer), "read": [r.data.text_key, r.data.txt_mode, r.data.skip_bad]},
         _run_tokenizer,
     ),
-    Stage("shards", ("corpus", "tokenizer"), _shards_settings, _run_shards),
+    Stage("shards", ("clean", "tokenizer"), _shards_settings, _run_shards),
     Stage("pretrain", ("shards", "tokenizer"), _pretrain_settings, _run_pretrain, resumable=True),
     Stage("sample", ("pretrain",), lambda r: to_dict(r.sample), _run_sample),
 ]
@@ -233,6 +291,13 @@ def _print_summary(recipe: Recipe, result: dict) -> None:
     out.print(f"  run record     {Path(recipe.out_dir).resolve() / 'run.json'}")
     if "corpus" in s:
         out.print(f"  corpus         {', '.join(s['corpus']['files'])}")
+    if s.get("clean", {}).get("cleaned"):
+        c = s["clean"]
+        out.print(
+            f"  clean shards   {Path(c['files'][0]).parent if c['files'] else '(none kept)'}  "
+            f"({c['totals']['kept']:,} of {c['totals']['read']:,} documents kept)"
+        )
+        out.print(f"  data report    {c['report']}")
     if "tokenizer" in s:
         out.print(f"  tokenizer      {s['tokenizer']['dir']}")
     if "shards" in s:

@@ -51,7 +51,7 @@ def test_compressed_jsonl_matches_plain(tmp_path):
     texts = {name: [d.text for d in read_documents(tmp_path / name)] for name in ("a.jsonl", "a.jsonl.gz", "a.jsonl.zst")}
     assert texts["a.jsonl.gz"] == texts["a.jsonl.zst"] == texts["a.jsonl"]
     assert file_format("x.JSONL.ZST") == ("jsonl", ".zst") and file_format("x.parquet") == ("parquet", "")
-    assert file_format("x.csv") is None and file_format("x.parquet.gz") is None
+    assert file_format("x.csv.gz") == ("csv", ".gz") and file_format("x.tsv") is None and file_format("x.parquet.gz") is None
 
 
 def test_txt_modes(tmp_path):
@@ -214,3 +214,54 @@ def test_real_samples(shared_data):
     assert novel[0].text == "天龙八部"
     paragraphs = list(read_documents(shared_data / "pretrain" / "en_history.txt"))
     assert 10 < len(paragraphs) < 100
+
+
+def test_txt_chunk_mode_cuts_at_paragraph_ends(tmp_path):
+    paragraphs = [f"paragraph {i} " + "word " * 30 for i in range(20)]  # ~160 chars each
+    path = tmp_path / "book.txt"
+    path.write_text("\n\n\n".join(paragraphs) + "\n", encoding="utf-8")
+    docs = list(read_documents(path, txt_mode="chunk", chunk_chars=500))
+    assert "\n\n".join(d.text for d in docs) == "\n\n".join(p.rstrip() if False else p for p in paragraphs).rstrip("\n")
+    assert all(d.text.split("\n\n")[0].startswith("paragraph") for d in docs)  # cuts fall between paragraphs
+    assert all(500 <= len(d.text) < 500 + 200 for d in docs[:-1])
+    assert docs[1].metadata["line"] == 1 + 3 * sum(len(d.text.split("\n\n")) for d in docs[:1])  # first line of the chunk
+
+
+def test_txt_chunk_mode_without_blank_lines_cuts_at_line_ends(tmp_path):
+    lines = [f"第{i}段" + "字" * 95 for i in range(50)]  # one paragraph per line, no blank lines
+    path = tmp_path / "novel.txt"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    docs = list(read_documents(path, txt_mode="chunk", chunk_chars=1000))
+    assert "\n".join(d.text for d in docs) == "\n".join(lines)
+    assert all(2 * 1000 - 1 <= len(d.text) < 2 * 1000 + 100 for d in docs[:-1])
+
+
+def test_csv_columns_and_bad_rows(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text('id,text,label\n7,"two\nlines",x\n8,plain,y\n', encoding="utf-8")
+    docs = list(read_documents(path))
+    assert [(d.id, d.text, d.metadata["label"], d.metadata["line"]) for d in docs] == [("7", "two\nlines", "x", 2), ("8", "plain", "y", 4)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nok,x\nnot ok,x,extra\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.csv:3: 3 fields, the header has 2"):
+        list(read_documents(bad))
+    stats = ReadStats()
+    assert [d.text for d in read_documents(bad, skip_bad=True, stats=stats)] == ["ok"]
+    assert stats.bad_lines == 1
+    with pytest.raises(DataError, match=r"a\.csv:1: no column 'body'"):
+        list(read_documents(path, text_key="body"))
+
+
+def test_datasets_save_to_disk_directories(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.disable_progress_bars()
+    datasets.Dataset.from_dict({"text": ["a", "b"], "n": [1, 2]}).save_to_disk(str(tmp_path / "ds"))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict({"text": ["t1", "t2"]}), "test": datasets.Dataset.from_dict({"text": ["e1"]})}
+    ).save_to_disk(str(tmp_path / "dd"))
+    docs = list(read_documents(tmp_path / "ds"))
+    assert [(d.text, d.metadata["n"]) for d in docs] == [("a", 1), ("b", 2)]
+    # A DatasetDict reads its splits in the order dataset_dict.json lists them.
+    order = json.loads((tmp_path / "dd" / "dataset_dict.json").read_text())["splits"]
+    expected = {"train": ["t1", "t2"], "test": ["e1"]}
+    assert [d.text for d in read_documents(tmp_path / "dd")] == [t for split in order for t in expected[split]]

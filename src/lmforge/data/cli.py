@@ -1,10 +1,14 @@
 """``lmforge data ...``: data preparation commands.
 
+    lmforge data run recipes/data/default.yaml ../shared/data/pretrain --out runs/clean
+    lmforge data report runs/clean
     lmforge data tokenize corpus/ --tokenizer runs/tok --out runs/shards --val-fraction 0.01
     lmforge data tokenize a.jsonl.zst b.parquet --tokenizer runs/tok --out runs/shards --recipe recipes/demo.yaml
 
-Settings come from the recipe's ``data`` section (``TokenizeConfig``; defaults without a recipe);
-each command-line option overrides its field, as does ``--set data.FIELD=VALUE``.
+``data run`` takes a pipeline YAML (see ``lmforge.data.pipeline.config``); ``--set`` overrides its
+keys. ``data tokenize`` takes its settings from a recipe's ``data`` section (``TokenizeConfig``;
+defaults without a recipe); each command-line option overrides its field, as does
+``--set data.FIELD=VALUE``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 
 @app.callback()
 def _data() -> None:
-    """Prepare data: tokenize text into memory-mapped shards."""
+    """Prepare data: clean and deduplicate raw text (pipelines), tokenize it into memory-mapped shards."""
     # A callback keeps `tokenize` a named subcommand even while it is the only one.
 
 
@@ -72,3 +76,54 @@ def tokenize(
         f"{len(m['sources'])} source file(s), bad lines skipped: {m['bad_lines']}, empty documents: {m['empty_documents']}; "
         f"unigram entropy {m['unigram_entropy_nats']:.3f} nats"
     )
+
+
+@app.command("run", help="Run a data pipeline (normalize, filter, deduplicate, label ...) from YAML; resumes an interrupted run.")
+def run(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML, e.g. recipes/data/default.yaml.", exists=True, dir_okay=False)],
+    inputs: Annotated[Optional[list[Path]], typer.Argument(help="Input files/directories (default: the YAML's `inputs`).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default: the YAML's output.dir).")] = None,
+    sets: SetOption = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-j", help="Worker processes (0 = one per CPU core).")] = None,
+    executor: Annotated[Optional[str], typer.Option("--executor", help="local (worker processes) or ray.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Delete the output directory's previous contents and start over.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    from lmforge.data.pipeline.config import load_pipeline
+    from lmforge.data.pipeline.executor import run_pipeline
+    from lmforge.data.pipeline.report import funnel_table, write_report
+
+    overrides = list(sets or [])
+    if out is not None:
+        overrides.append(f"output.dir={out}")
+    if workers is not None:
+        overrides.append(f"workers={workers}")
+    if executor is not None:
+        overrides.append(f"executor={executor}")
+    cfg, specs = load_pipeline(pipeline, overrides)
+    if inputs:
+        cfg.inputs = [str(p) for p in inputs]
+    stats = run_pipeline(cfg, specs, base_dir=Path.cwd(), force=force, show_progress=not quiet)
+    report = write_report(cfg.output.dir)
+    console.print(funnel_table(stats))
+    totals = stats["totals"]
+    if stats["checks"]["adds_up"]:
+        console.print(f"[green]✓[/] read {totals['read']:,} = kept {totals['kept']:,} + dropped {totals['dropped']:,}")
+    else:
+        console.print(f"[red]✗ counts do not add up:[/] {'; '.join(stats['checks']['problems'])}")
+    console.print(f"clean shards: {Path(cfg.output.dir) / 'data'}  report: {report}")
+    if not stats["checks"]["adds_up"]:
+        raise typer.Exit(1)
+
+
+@app.command("report", help="Write the funnel report (report.md + funnel.png) of a finished `data run` output directory.")
+def report(out_dir: Annotated[Path, typer.Argument(help="The pipeline's output directory.", exists=True, file_okay=False)]) -> None:
+    from lmforge.data.pipeline.report import funnel_table, load_stats, write_report
+
+    try:
+        stats = load_stats(out_dir)
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    path = write_report(out_dir)
+    console.print(funnel_table(stats))
+    console.print(f"report: {path}  chart: {out_dir / 'funnel.png'}")

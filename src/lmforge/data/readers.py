@@ -6,9 +6,15 @@ Supported formats (chosen by file name):
   text is under ``text_key`` and every other field is kept in ``metadata``.
 * ``.txt`` (also ``.gz`` / ``.zst``): ``txt_mode="paragraph"`` makes one document per
   blank-line-separated block, ``"line"`` one per non-empty line (Chinese books often put one
-  paragraph per line with no blank lines between), ``"file"`` one per file.
+  paragraph per line with no blank lines between), ``"file"`` one per file, and ``"chunk"``
+  documents of about ``chunk_chars`` characters cut at paragraph ends (at line ends when a
+  text has no blank lines for twice that long) — the mode for books and other long texts.
+* ``.csv`` (also ``.gz`` / ``.zst``): a header row naming the columns; the text is the
+  ``text_key`` column and the other columns become metadata.
 * ``.parquet``: a ``text_key`` column, read in record batches; other columns become metadata.
-* ``.arrow``: Arrow IPC files as written by Hugging Face ``datasets.save_to_disk``.
+* ``.arrow``: Arrow IPC files as written by Hugging Face ``datasets.save_to_disk``; a directory
+  written by ``save_to_disk`` (a ``Dataset`` or a ``DatasetDict``) reads its data files in the
+  order its ``state.json`` lists them.
 
 A directory expands to its supported files, recursively, in sorted order (hidden files skipped),
 so the same inputs always give the same document order. Everything streams: memory stays flat
@@ -37,11 +43,11 @@ from typing import IO, Iterable, Iterator, Literal
 
 from lmforge.data.document import DataError, Document
 
-TxtMode = Literal["paragraph", "line", "file"]
-TXT_MODES = ("paragraph", "line", "file")
+TxtMode = Literal["paragraph", "line", "file", "chunk"]
+TXT_MODES = ("paragraph", "line", "file", "chunk")
 
 _COMPRESSIONS = (".gz", ".zst")
-_LINE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "txt"}
+_LINE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "txt", ".csv": "csv"}
 _TABLE_FORMATS = {".parquet": "parquet", ".arrow": "arrow"}
 SUPPORTED_SUFFIXES = tuple(
     sorted([*_TABLE_FORMATS, *_LINE_FORMATS, *(f + c for f in _LINE_FORMATS for c in _COMPRESSIONS)])
@@ -85,7 +91,9 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         p = Path(p)
-        if p.is_dir():
+        if p.is_dir() and (saved := _saved_dataset_files(p)) is not None:
+            out.extend(saved)
+        elif p.is_dir():
             found = sorted(
                 f
                 for f in p.rglob("*")
@@ -105,26 +113,57 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
+def _saved_dataset_files(directory: Path) -> list[Path] | None:
+    """The data files of a ``datasets.save_to_disk`` directory in their order; None if it is not one."""
+    if (directory / "dataset_dict.json").is_file():  # a DatasetDict: one saved Dataset per split
+        try:
+            splits = json.loads((directory / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+        except (ValueError, KeyError) as exc:
+            raise DataError(f"{directory / 'dataset_dict.json'}: not a datasets DatasetDict index: {exc}") from None
+        files: list[Path] = []
+        for split in splits:
+            files.extend(_saved_dataset_files(directory / split) or [])
+        return files
+    state = directory / "state.json"
+    if not (state.is_file() and (directory / "dataset_info.json").is_file()):
+        return None
+    try:
+        names = [entry["filename"] for entry in json.loads(state.read_text(encoding="utf-8"))["_data_files"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{state}: not a datasets save_to_disk state file: {exc}") from None
+    missing = [n for n in names if not (directory / n).is_file()]
+    if missing:
+        raise DataError(f"{state}: lists data files that are missing: {', '.join(missing)}")
+    return [directory / n for n in names]
+
+
 def read_documents(
     paths: Iterable[str | os.PathLike] | str | os.PathLike,
     text_key: str = "text",
     skip_bad: bool = False,
     stats: ReadStats | None = None,
     txt_mode: TxtMode = "paragraph",
+    chunk_chars: int = 4000,
 ) -> Iterator[Document]:
     """Yield every document in ``paths`` (files or directories), in a deterministic order."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if txt_mode not in TXT_MODES:
         raise ValueError(f"txt_mode must be one of {', '.join(TXT_MODES)}; got {txt_mode!r}")
+    if chunk_chars < 1:
+        raise ValueError(f"chunk_chars must be >= 1; got {chunk_chars}")
     stats = stats if stats is not None else ReadStats()
     for path in expand_paths(paths):
         stats.files.append({"path": str(path), "bytes": path.stat().st_size})
         fmt, compression = file_format(path)  # type: ignore[misc]  # expand_paths checked it
         if fmt == "jsonl":
             docs = _read_jsonl(path, compression, text_key, skip_bad, stats)
+        elif fmt == "txt" and txt_mode == "chunk":
+            docs = _read_txt_chunks(path, compression, chunk_chars, skip_bad, stats)
         elif fmt == "txt":
             docs = _read_txt(path, compression, txt_mode, skip_bad, stats)
+        elif fmt == "csv":
+            docs = _read_csv(path, compression, text_key, skip_bad, stats)
         else:
             docs = _read_table(path, fmt, text_key, skip_bad, stats)
         for doc in docs:
@@ -224,6 +263,97 @@ def _read_txt(path: Path, compression: str, mode: str, skip_bad: bool, stats: Re
         doc = flush()
         if doc is not None:
             yield doc
+
+
+def _decoded_lines(path: Path, compression: str, skip_bad: bool, stats: ReadStats) -> Iterator[tuple[int, str]]:
+    """(line number, text without the newline) for a UTF-8 text file; bad lines per ``skip_bad``."""
+    with closing(_lines(path, compression)) as lines:  # closed also on an error (see _read_table)
+        for line_no, raw in lines:
+            try:
+                yield line_no, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                message = f"{path}:{line_no}: invalid UTF-8 ({exc.reason} at byte {exc.start})"
+                if not skip_bad:
+                    raise DataError(message) from None
+                stats.bad(message)
+
+
+def _read_txt_chunks(path: Path, compression: str, chunk_chars: int, skip_bad: bool, stats: ReadStats) -> Iterator[Document]:
+    # Cut at the first paragraph end (blank line) once a chunk holds chunk_chars; a text with no
+    # blank lines (one paragraph per line, as Chinese books often are) is cut at a line end once
+    # it reaches twice that, so no chunk grows without bound.
+    block: list[str] = []
+    size, start = 0, 0
+
+    def flush() -> Document | None:
+        text = "\n".join(block).strip("\n")
+        if not text.strip():
+            return None
+        return Document(f"{path.name}:{start}", text, {"source": str(path), "line": start})
+
+    for line_no, line in _decoded_lines(path, compression, skip_bad, stats):
+        blank = not line.strip()
+        if blank and not block:
+            continue
+        if (blank and size >= chunk_chars) or (not blank and size >= 2 * chunk_chars):
+            doc = flush()
+            block, size = [], 0
+            if doc is not None:
+                yield doc
+            if blank:
+                continue
+        if not block:
+            start = line_no
+        if blank and block and not block[-1].strip():
+            continue  # runs of blank lines collapse to one paragraph break
+        block.append(line)
+        size += len(line) + 1
+    if block:
+        doc = flush()
+        if doc is not None:
+            yield doc
+
+
+def _read_csv(path: Path, compression: str, text_key: str, skip_bad: bool, stats: ReadStats) -> Iterator[Document]:
+    import csv
+
+    # csv needs whole records, and a quoted field may span lines: feed it decoded lines and ask
+    # the reader which physical line each record started on.
+    lines = ((text + "\n") for _, text in _decoded_lines(path, compression, skip_bad, stats))
+    reader = csv.reader(lines)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        raise DataError(f"{path}:1: bad CSV header: {exc}") from None
+    if text_key not in header:
+        raise DataError(f"{path}:1: no column '{text_key}' (columns: {', '.join(header)}); choose one with --text-key")
+    text_col = header.index(text_key)
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            message = f"{path}:{start}: bad CSV record: {exc}"
+            if not skip_bad:
+                raise DataError(message) from None
+            stats.bad(message)
+            continue
+        if not row:
+            continue
+        if len(row) != len(header):
+            message = f"{path}:{start}: {len(row)} fields, the header has {len(header)}"
+            if not skip_bad:
+                raise DataError(message)
+            stats.bad(message)
+            continue
+        meta = {k: v for i, (k, v) in enumerate(zip(header, row)) if i != text_col}
+        doc_id = meta.get("id") or f"{path.name}:{start}"
+        meta["source"], meta["line"] = str(path), start
+        yield Document(str(doc_id), row[text_col], meta)
 
 
 def _read_table(path: Path, fmt: str, text_key: str, skip_bad: bool, stats: ReadStats) -> Iterator[Document]:

@@ -1,0 +1,199 @@
+"""Run a pipeline over many shards: in parallel, resumable, with counts that add up.
+
+::
+
+    from lmforge.data.pipeline.config import load_pipeline
+    from lmforge.data.pipeline.executor import run_pipeline
+    cfg, specs = load_pipeline("recipes/data/default.yaml", ["output.dir=runs/clean"])
+    summary = run_pipeline(cfg, specs, base_dir=Path("recipes/data"))
+
+How the work is cut: every input file is one shard (a task). Global steps (deduplication) need
+the whole corpus, so they cut the step list into segments: segment 0 runs the steps before the
+first global step on every shard and lets that step ``collect`` from what survives; then the
+step ``decide``s once; segment 1 starts with that step applying its decision, and so on. Only
+the last segment writes the clean shards to ``output.dir/data``.
+
+What makes it resumable: a task's stats file (``stats/seg-S/part-NNNNN.json``) is written after
+all its outputs, so it marks the task done; a decision's ``decide.json`` marks the decision
+done. A rerun of the same pipeline on the same inputs skips whatever is marked and redoes the
+rest from a clean slate (``task.clear_task_outputs``), so a crash loses and duplicates nothing.
+A different pipeline in the same output directory is refused (``force=True`` starts over).
+
+Executors: ``local`` (worker processes, spawned, one task each at a time; one worker runs in
+this process) or ``ray`` (one Ray task per shard; a local Ray instance unless ``ray_address``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+
+from lmforge.config import to_dict
+from lmforge.data.document import DataError
+from lmforge.data.pipeline.config import PipelineConfig, StepSpec, pipeline_fingerprint, spec_to_dict
+from lmforge.data.pipeline.stats import aggregate_stats
+from lmforge.data.pipeline.task import collect_path, run_task, stats_path, step_work_dir, work_file
+from lmforge.data.readers import expand_paths
+from lmforge.io import write_json_atomic
+
+
+def plan_segments(specs: list[StepSpec]) -> list[tuple[list[StepSpec], StepSpec | None]]:
+    """[(steps run in the segment, global step collecting at its end or None), ...]."""
+    segments: list[tuple[list[StepSpec], StepSpec | None]] = []
+    current: list[StepSpec] = []
+    for spec in specs:
+        if spec.is_global:
+            segments.append((current, spec))
+            current = [spec]  # the next segment starts by applying this step's decision
+        else:
+            current.append(spec)
+    segments.append((current, None))
+    return segments
+
+
+def _file_labels(files: list[Path]) -> list[str]:
+    """Short unique names for the input files (document ids are ``label:line``)."""
+    names = [f.name for f in files]
+    if len(set(names)) == len(names):
+        return names
+    root = Path(os.path.commonpath([str(f.resolve()) for f in files]))
+    return [str(f.resolve().relative_to(root)) for f in files]
+
+
+def _workers(cfg: PipelineConfig) -> int:
+    if cfg.workers:
+        return cfg.workers
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _check_or_start(out: Path, fingerprint: str, meta: dict, force: bool) -> None:
+    marker = out / "pipeline.json"
+    if force and out.exists():
+        shutil.rmtree(out)
+    if marker.is_file():
+        previous = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
+        if previous != fingerprint:
+            raise DataError(
+                f"{out}: holds the output of a different pipeline or different inputs (fingerprint {previous}, "
+                f"now {fingerprint}); choose another output.dir, or pass --force to start over"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out}: not empty and not a pipeline output directory; choose another output.dir or pass --force")
+    write_json_atomic(marker, meta)
+
+
+def run_pipeline(
+    cfg: PipelineConfig,
+    specs: list[StepSpec],
+    base_dir: str | Path = ".",
+    force: bool = False,
+    show_progress: bool = True,
+) -> dict:
+    """Run (or resume) the pipeline; returns the aggregated stats (also in ``output.dir/stats.json``)."""
+    if not cfg.inputs:
+        raise DataError("the pipeline has no inputs; set `inputs:` in its YAML or pass input paths")
+    if not specs:
+        raise DataError("the pipeline has no steps")
+    files = expand_paths(cfg.inputs)
+    out = Path(cfg.output.dir)
+    file_info = [{"path": str(f.resolve()), "bytes": f.stat().st_size, "mtime": int(f.stat().st_mtime)} for f in files]
+    fingerprint = pipeline_fingerprint(cfg, specs, file_info)
+    meta = {"fingerprint": fingerprint, "name": cfg.name, "config": to_dict(cfg), "files": file_info}
+    _check_or_start(out, fingerprint, meta, force)
+
+    labels = _file_labels(files)
+    segments = plan_segments(specs)
+    base = {
+        "out_dir": str(out.resolve()), "base_dir": str(Path(base_dir).resolve()), "seed": cfg.seed,
+        "reader": to_dict(cfg.reader), "output": to_dict(cfg.output), "batch_size": cfg.batch_size,
+    }  # fmt: skip
+    started = time.perf_counter()
+    decisions: dict[str, dict] = {}
+    for s, (steps, collect) in enumerate(segments):
+        if steps and steps[0].is_global and s > 0:
+            decisions[steps[0].name] = _decide(out, steps[0], len(files), base)
+        jobs = []
+        for t, (f, label) in enumerate(zip(files, labels)):
+            if s == 0:
+                source = {"kind": "raw", "path": str(f), "label": label, "bytes": f.stat().st_size}
+            else:
+                path = work_file(out, s - 1, t)
+                source = {"kind": "work", "path": str(path), "bytes": path.stat().st_size if path.exists() else 0}
+            jobs.append({
+                **base, "segment": s, "task": t, "input": source, "final": s == len(segments) - 1,
+                "steps": [spec_to_dict(x) for x in steps], "collect": spec_to_dict(collect) if collect else None,
+            })  # fmt: skip
+        todo = [j for j in jobs if not stats_path(out, s, j["task"]).is_file()]
+        label = f"segment {s + 1}/{len(segments)}" if len(segments) > 1 else cfg.name
+        _execute(cfg, todo, label, show_progress)
+    summary = aggregate_stats(out, cfg, specs, segments, decisions, len(files), seconds=time.perf_counter() - started)
+    write_json_atomic(out / "stats.json", summary)
+    write_json_atomic(out / "manifest.json", {
+        "name": cfg.name, "fingerprint": fingerprint, "format": cfg.output.format,
+        "files": summary["output"]["files"], "documents": summary["output"]["documents"], "bytes": summary["output"]["bytes"],
+    })  # fmt: skip
+    for seg_dir in (out / "work").glob("seg-*"):  # intermediate shards are not needed once all is done
+        shutil.rmtree(seg_dir, ignore_errors=True)
+    return summary
+
+
+def _decide(out: Path, spec: StepSpec, n_tasks: int, base: dict) -> dict:
+    work_dir = step_work_dir(out, spec.name)
+    marker = work_dir / "decide.json"
+    if marker.is_file():
+        return json.loads(marker.read_text(encoding="utf-8"))
+    step = spec.make()  # no setup(): that loads the decision this call is about to make
+    paths = [collect_path(out, spec.name, t) for t in range(n_tasks)]
+    t0 = time.perf_counter()
+    summary = step.decide([p for p in paths if p.exists()], work_dir)
+    result = {"summary": summary, "seconds": round(time.perf_counter() - t0, 3)}
+    write_json_atomic(marker, result)
+    return result
+
+
+def _execute(cfg: PipelineConfig, jobs: list[dict], label: str, show_progress: bool) -> None:
+    from lmforge.data.pipeline.progress import PipelineProgress
+
+    total = sum(j["input"]["bytes"] for j in jobs)
+    with PipelineProgress(label, total, len(jobs), enabled=show_progress) as bar:
+        if not jobs:
+            return
+        if cfg.executor == "ray":
+            from lmforge.data.pipeline.ray_executor import run_on_ray
+
+            run_on_ray(jobs, cfg.ray_address, _workers(cfg), on_done=bar.task_done)
+            return
+        workers = min(_workers(cfg), len(jobs))
+        if workers == 1:
+            for job in jobs:
+                run_task(job, progress=bar.advance)
+                bar.task_done()
+            return
+        import multiprocessing as mp
+
+        # spawn, not fork: steps may hold torch models and threads, which fork does not survive.
+        ctx = mp.get_context("spawn")
+        with ctx.Manager() as manager:
+            queue = manager.Queue()
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+            try:
+                pending = {pool.submit(_run_with_queue, job, queue) for job in jobs}
+                while pending:
+                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                    bar.drain(queue)
+                    for future in done:
+                        future.result()  # a worker's exception surfaces here, with its traceback
+                        bar.task_done()
+                bar.drain(queue)
+            finally:
+                # On an error, do not start the shards still queued; finished ones stay done.
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_with_queue(job: dict, queue) -> dict:
+    return run_task(job, progress=lambda docs, n_bytes: queue.put((docs, n_bytes)))

@@ -1,0 +1,218 @@
+"""One unit of pipeline work: one shard through one segment of steps, in one process.
+
+The executor (``executor.py``) cuts a pipeline into segments at its global steps (dedup) and
+runs every (segment, shard) pair as a ``run_task(job)`` call — in this process, in a local
+worker process, or as a Ray task; ``job`` is a plain dict so it travels anywhere.
+
+A task writes everything under temporary names and its stats file last: the stats file is the
+"done" marker. A task that died half way leaves no marker, and the executor wipes what it left
+(``clear_task_outputs``) before running it again, so nothing is lost or written twice.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from lmforge.data.document import Document
+from lmforge.data.pipeline.base import Drop, GlobalStep, Step, StepContext
+from lmforge.data.pipeline.config import specs_from_dicts
+from lmforge.data.readers import ReadStats, read_documents
+from lmforge.data.writers import DocumentWriter, read_nested_documents
+from lmforge.io import write_json_atomic
+
+Progress = Callable[[int, int], None]  # (documents, bytes) just read
+
+
+def task_prefix(task: int) -> str:
+    return f"part-{task:05d}"
+
+
+def stats_path(out_dir: Path, segment: int, task: int) -> Path:
+    return out_dir / "stats" / f"seg-{segment}" / f"{task_prefix(task)}.json"
+
+
+def work_file(out_dir: Path, segment: int, task: int) -> Path:
+    """The intermediate shard a task of ``segment`` writes for the next segment."""
+    return out_dir / "work" / f"seg-{segment}" / f"{task_prefix(task)}-00000.jsonl.zst"
+
+
+def step_work_dir(out_dir: Path, step_name: str) -> Path:
+    return out_dir / "work" / "steps" / step_name
+
+
+def collect_path(out_dir: Path, step_name: str, task: int) -> Path:
+    return step_work_dir(out_dir, step_name) / f"collect-{task:05d}.npz"
+
+
+def clear_task_outputs(job: dict) -> None:
+    """Remove whatever an unfinished run of this task left behind (completed files included)."""
+    out, task, prefix = Path(job["out_dir"]), job["task"], task_prefix(job["task"])
+    dirs = [out / "dropped" / s["name"] for s in job["steps"]]
+    dirs.append((out / "data") if job["final"] else work_file(out, job["segment"], task).parent)
+    for d in dirs:
+        if d.is_dir():
+            for f in d.iterdir():
+                if f.name.startswith(prefix) or f.name.startswith(f".{prefix}"):
+                    f.unlink()
+    if job["collect"] is not None:
+        collect_path(out, job["collect"]["name"], task).unlink(missing_ok=True)
+
+
+class _StepRunner:
+    """Applies one step to batches and keeps its counts (the step itself only decides)."""
+
+    def __init__(self, step: Step, languages: list[str] | None, dropped: DocumentWriter | None, examples: int) -> None:
+        self.step, self.languages, self.dropped, self.max_examples = step, languages, dropped, examples
+        self.stats = {
+            "docs_in": 0, "bytes_in": 0, "docs_out": 0, "bytes_out": 0,
+            "changed": 0, "skipped": 0, "dropped": {}, "examples": {}, "seconds": 0.0,
+        }  # fmt: skip
+
+    def __call__(self, batch: list[Document]) -> list[Document]:
+        st = self.stats
+        st["docs_in"] += len(batch)
+        st["bytes_in"] += sum(len(d.text.encode("utf-8")) for d in batch)
+        if self.languages is None:
+            chosen = batch
+        else:  # out-of-scope documents pass untouched (and are counted as skipped)
+            chosen = [d for d in batch if d.metadata.get("lang") in self.languages]
+            st["skipped"] += len(batch) - len(chosen)
+        t0 = time.perf_counter()
+        answers = self.step.process_batch(chosen) if chosen else []
+        st["seconds"] += time.perf_counter() - t0
+        if len(answers) != len(chosen):
+            raise RuntimeError(f"step '{self.step.name}' answered {len(answers)} times for {len(chosen)} documents")
+        verdict = {id(doc): answer for doc, answer in zip(chosen, answers)}
+        kept: list[Document] = []
+        for doc in batch:
+            answer = verdict.get(id(doc), doc)
+            if isinstance(answer, Drop):
+                self._drop(doc, answer.reason)
+                continue
+            if not isinstance(answer, Document):
+                raise RuntimeError(f"step '{self.step.name}' returned {type(answer).__name__}, not a Document or drop()")
+            if answer.text is not doc.text and answer.text != doc.text:
+                st["changed"] += 1
+            kept.append(answer)
+        st["docs_out"] += len(kept)
+        st["bytes_out"] += sum(len(d.text.encode("utf-8")) for d in kept)
+        return kept
+
+    def _drop(self, doc: Document, reason: str) -> None:
+        n_bytes = len(doc.text.encode("utf-8"))
+        entry = self.stats["dropped"].setdefault(reason, {"docs": 0, "bytes": 0})
+        entry["docs"] += 1
+        entry["bytes"] += n_bytes
+        examples = self.stats["examples"].setdefault(reason, [])
+        if len(examples) < self.max_examples:
+            examples.append({"id": doc.id, "text": doc.text[:400]})
+        if self.dropped is not None:
+            self.dropped.write(Document(doc.id, doc.text, {**doc.metadata, "drop_reason": reason, "drop_step": self.step.name}))
+
+    def finish(self) -> dict:
+        self.stats["counters"] = dict(self.step.counters)
+        self.stats["seconds"] = round(self.stats["seconds"], 4)
+        return self.stats
+
+
+def _documents(job: dict, read_stats: ReadStats) -> "iter[Document]":
+    source = job["input"]
+    if source["kind"] == "work":
+        yield from read_nested_documents(source["path"])
+        return
+    reader = job["reader"]
+    label = source["label"]
+    for doc in read_documents(
+        [source["path"]], text_key=reader["text_key"], skip_bad=reader["skip_bad"], stats=read_stats,
+        txt_mode=reader["txt_mode"], chunk_chars=reader["chunk_chars"],
+    ):  # fmt: skip
+        # Ids are positions (file:line), unique across the run, which dedup decisions rely on;
+        # a record's own `id` field stays in its metadata.
+        doc.id = f"{label}:{doc.metadata.get('line', 0)}"
+        yield doc
+
+
+def run_task(job: dict, progress: Progress | None = None) -> dict:
+    """Run one shard through one segment; returns (and writes) the task's stats."""
+    out = Path(job["out_dir"])
+    clear_task_outputs(job)
+    specs = specs_from_dicts(job["steps"])
+    output = job["output"]
+    runners: list[_StepRunner] = []
+    writers: list[DocumentWriter] = []
+    for spec in specs:
+        step = spec.make()
+        step.setup(StepContext(Path(job["base_dir"]), step_work_dir(out, spec.name), job["seed"]))
+        keep = output["keep_dropped"] if spec.keep_dropped is None else spec.keep_dropped
+        dropped = DocumentWriter(out / "dropped" / spec.name, task_prefix(job["task"]), "jsonl.zst", 1 << 40) if keep else None
+        if dropped is not None:
+            writers.append(dropped)
+        runners.append(_StepRunner(step, spec.languages, dropped, output["examples_per_reason"]))
+    collector: GlobalStep | None = None
+    collect_languages = None
+    if job["collect"] is not None:
+        (cspec,) = specs_from_dicts([job["collect"]])
+        collector = cspec.make()
+        collector.shard = job["task"]
+        collect_languages = cspec.languages
+    if job["final"]:
+        sink = DocumentWriter(out / "data", task_prefix(job["task"]), output["format"], output["docs_per_file"])
+    else:
+        sink = DocumentWriter(work_file(out, job["segment"], job["task"]).parent, task_prefix(job["task"]), "jsonl.zst", 1 << 40, nested_metadata=True)
+    writers.append(sink)
+    read_stats = ReadStats()
+    collected: dict[str, list[np.ndarray]] = {}
+    docs_read = 0
+    t0 = time.perf_counter()
+    try:
+        batch: list[Document] = []
+        stream = _documents(job, read_stats)
+        while True:
+            batch = [doc for _, doc in zip(range(job["batch_size"]), stream)]
+            if not batch:
+                break
+            docs_read += len(batch)
+            if progress is not None:
+                progress(len(batch), sum(len(d.text.encode("utf-8")) for d in batch))
+            for runner in runners:
+                batch = runner(batch)
+                if not batch:
+                    break
+            if collector is not None and batch:
+                scoped = batch if collect_languages is None else [d for d in batch if d.metadata.get("lang") in collect_languages]
+                if scoped:
+                    for key, rows in collector.collect(scoped).items():
+                        collected.setdefault(key, []).append(np.asarray(rows))
+            for doc in batch:
+                sink.write(doc)
+        files = [w.close() for w in writers][-1]
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    finally:
+        for runner in runners:
+            runner.step.close()
+    if collector is not None:
+        path = collect_path(out, collector.name, job["task"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
+        np.savez(tmp, **{k: np.concatenate(v) for k, v in collected.items()})
+        os.replace(tmp, path)
+    stats = {
+        "segment": job["segment"],
+        "task": job["task"],
+        "input": job["input"]["path"],
+        "read": {"documents": docs_read, "bad_lines": read_stats.bad_lines, "bad_examples": read_stats.bad_examples}
+        if job["input"]["kind"] == "raw" else None,
+        "steps": {r.step.name: r.finish() for r in runners},
+        "output": {"files": files, "documents": sum(f["documents"] for f in files), "bytes": sum(f["bytes"] for f in files)},
+        "seconds": round(time.perf_counter() - t0, 3),
+    }  # fmt: skip
+    write_json_atomic(stats_path(out, job["segment"], job["task"]), stats)
+    return stats

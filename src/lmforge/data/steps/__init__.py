@@ -1,0 +1,1 @@
+"""lmforge's built-in pipeline steps; importing this package registers them all."""

@@ -1,0 +1,193 @@
+"""The pipeline executor: counts that add up, side files, scoping, resume after a crash, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmforge.config import ConfigError
+from lmforge.data.document import DataError, Document
+from lmforge.data.pipeline.base import GlobalStep, Step, drop, register_step
+from lmforge.data.pipeline.config import build_pipeline, load_pipeline
+from lmforge.data.pipeline.executor import run_pipeline
+from lmforge.data.pipeline.report import write_report
+from lmforge.data.readers import read_documents
+from lmforge.data.writers import DocumentWriter
+
+
+@dataclass
+class _MinCharsConfig:
+    min_chars: int = 10
+
+
+@register_step("test_min_chars")
+class _MinChars(Step):
+    Config = _MinCharsConfig
+
+    def process(self, doc):
+        if os.environ.get("LMFORGE_TEST_CRASH_ON") == doc.id:
+            raise RuntimeError("simulated crash")
+        return doc if len(doc.text) >= self.config.min_chars else drop("too_short")
+
+
+@register_step("test_upper")
+class _Upper(Step):
+    def process(self, doc):
+        self.count("seen")
+        return Document(doc.id, doc.text.upper(), doc.metadata)
+
+
+@register_step("test_exact")
+class _Exact(GlobalStep):
+    def collect(self, docs):
+        digest = [int(hashlib.sha1(d.text.encode()).hexdigest()[:15], 16) for d in docs]
+        return {"id": np.array([d.id for d in docs]), "hash": np.array(digest, dtype=np.int64)}
+
+    def decide(self, collected, work_dir):
+        seen, dupes = set(), []
+        for path in collected:
+            data = np.load(path)
+            for doc_id, h in zip(data["id"], data["hash"]):
+                (dupes.append(str(doc_id)) if h in seen else seen.add(h))
+        work_dir.mkdir(parents=True, exist_ok=True)
+        (work_dir / "dupes.json").write_text(json.dumps(dupes))
+        return {"duplicates": len(dupes), "clusters": [{"id": d} for d in dupes]}
+
+    def setup(self, ctx):
+        self.dupes = set(json.loads((ctx.work_dir / "dupes.json").read_text()))
+
+    def process(self, doc):
+        return drop("duplicate") if doc.id in self.dupes else doc
+
+
+def _corpus(tmp_path: Path) -> list[Path]:
+    files = []
+    for f in range(3):
+        records = [{"text": f"shared text number {i % 4}" if i % 3 == 0 else f"file {f} doc {i} " * (i % 5), "lang": "zh" if i % 2 else "en"} for i in range(40)]
+        path = tmp_path / "in" / f"part{f}.jsonl"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+        files.append(path)
+    return files
+
+
+def _pipeline(tmp_path: Path, **over) -> dict:
+    raw = {
+        "name": "t",
+        "inputs": [str(tmp_path / "in")],
+        "workers": 1,
+        "batch_size": 7,
+        "output": {"dir": str(tmp_path / "out"), "docs_per_file": 9},
+        "steps": [
+            {"type": "test_min_chars", "min_chars": 12},
+            {"type": "test_exact"},
+            {"type": "test_upper", "languages": ["zh"]},
+        ],
+    }
+    raw.update(over)
+    return raw
+
+
+def _run(raw: dict, **kw) -> dict:
+    cfg, specs = build_pipeline(raw)
+    return run_pipeline(cfg, specs, show_progress=False, **kw)
+
+
+def _output(out: Path) -> list[tuple[str, str]]:
+    return [(d.id, d.text) for d in read_documents(out / "data")]
+
+
+def test_funnel_adds_up_and_every_drop_is_on_file(tmp_path):
+    _corpus(tmp_path)
+    stats = _run(_pipeline(tmp_path))
+    assert stats["checks"] == {"adds_up": True, "problems": []}
+    steps = {s["name"]: s for s in stats["steps"]}
+    assert stats["totals"]["read"] == 120
+    assert steps["test_min_chars"]["dropped"]["too_short"]["docs"] > 0
+    # "shared text number k" appears in every file: one copy of each survives.
+    assert steps["test_exact"]["dropped"]["duplicate"]["docs"] == steps["test_exact"]["decision"]["summary"]["duplicates"] > 0
+    assert steps["test_upper"]["skipped"] == steps["test_upper"]["docs_in"] - steps["test_upper"]["changed"]
+    assert steps["test_upper"]["counters"] == {"seen": steps["test_upper"]["changed"]}
+
+    out = tmp_path / "out"
+    kept = _output(out)
+    assert len(kept) == stats["totals"]["kept"] == len(set(i for i, _ in kept))
+    assert all(Path(f["path"]).is_file() for f in stats["output"]["files"])
+    assert max(f["documents"] for f in stats["output"]["files"]) <= 9
+    dropped = list(read_documents(out / "dropped"))
+    assert len(dropped) == stats["totals"]["dropped"]
+    assert {d.metadata["drop_reason"] for d in dropped} == {"too_short", "duplicate"}
+    assert not set(i for i, _ in kept) & {d.id for d in dropped}
+    assert not list((out / "work").glob("seg-*")), "intermediate shards are removed at the end"
+    assert json.loads((out / "manifest.json").read_text())["documents"] == len(kept)
+
+    report = write_report(out).read_text()
+    assert "✓ documents read = kept + dropped: 120 =" in report
+    assert "| test_exact | duplicate |" in report and (out / "funnel.png").stat().st_size > 10_000
+
+
+def test_resume_after_a_crash_loses_and_duplicates_nothing(tmp_path, monkeypatch):
+    _corpus(tmp_path)
+    clean = _run(_pipeline(tmp_path, output={"dir": str(tmp_path / "clean"), "docs_per_file": 9}))
+    expected = _output(tmp_path / "clean")
+
+    # Crash in the third shard, after it has completed some output files of its own.
+    monkeypatch.setenv("LMFORGE_TEST_CRASH_ON", "part2.jsonl:38")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(_pipeline(tmp_path))
+    done = sorted(p.name for p in (tmp_path / "out" / "stats" / "seg-0").glob("*.json"))
+    assert done == ["part-00000.json", "part-00001.json"]
+    monkeypatch.delenv("LMFORGE_TEST_CRASH_ON")
+    resumed = _run(_pipeline(tmp_path))
+    assert _output(tmp_path / "out") == expected
+    assert resumed["totals"] == clean["totals"] and resumed["checks"]["adds_up"]
+
+
+def test_other_pipeline_in_the_same_directory_is_refused(tmp_path):
+    _corpus(tmp_path)
+    _run(_pipeline(tmp_path))
+    again = _run(_pipeline(tmp_path))  # same pipeline: everything is done, nothing reruns
+    assert again["checks"]["adds_up"]
+    changed = _pipeline(tmp_path)
+    changed["steps"][0]["min_chars"] = 30
+    with pytest.raises(DataError, match="different pipeline"):
+        _run(changed)
+    stats = _run(changed, force=True)
+    assert stats["steps"][0]["config"]["min_chars"] == 30
+
+
+def test_yaml_mistakes_name_the_line(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("inputs: [x]\nsteps:\n  - type: test_min_chars\n    min_chars: 5\n  - type: test_min_charz\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml:5: unknown step type 'test_min_charz'; did you mean 'test_min_chars'"):
+        load_pipeline(path)
+    path.write_text("inputs: [x]\nsteps:\n  - type: test_min_chars\n    min_char: 5\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml:4: unknown key 'steps\[0\]\.min_char'; did you mean 'min_chars'"):
+        load_pipeline(path)
+    path.write_text("inputs: [x]\nsteps:\n  - type: test_min_chars\n    languages: zh\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml:3: steps\[0\]\.languages must be a list"):
+        load_pipeline(path)
+
+
+def test_writer_formats_round_trip_and_abort_leaves_nothing(tmp_path):
+    docs = [Document(f"d{i}", f"text {i}", {"n": i, **({"lang": "zh"} if i % 2 else {})}) for i in range(5)]
+    for fmt in ("jsonl.zst", "parquet"):
+        with DocumentWriter(tmp_path / fmt, "part-00000", fmt, docs_per_file=2) as w:
+            for d in docs:
+                w.write(d)
+        assert [f["documents"] for f in w.files] == [2, 2, 1]
+        back = list(read_documents(tmp_path / fmt))
+        assert [(d.id, d.text, d.metadata["n"], d.metadata.get("lang")) for d in back] == [
+            (d.id, d.text, d.metadata["n"], d.metadata.get("lang")) for d in docs
+        ]
+    w = DocumentWriter(tmp_path / "aborted", "part-00000", "jsonl.zst", docs_per_file=2)
+    for d in docs[:3]:
+        w.write(d)
+    w.abort()
+    assert [p.name for p in (tmp_path / "aborted").iterdir()] == ["part-00000-00000.jsonl.zst"]  # completed file only
