@@ -127,3 +127,12 @@ def report(out_dir: Annotated[Path, typer.Argument(help="The pipeline's output d
     path = write_report(out_dir)
     console.print(funnel_table(stats))
     console.print(f"report: {path}  chart: {out_dir / 'funnel.png'}")
+
+
+def _register_classifier_commands() -> None:
+    from lmforge.data.classify_cli import register
+
+    register(app)  # `data train-classifier`, `data train-topics`
+
+
+_register_classifier_commands()

@@ -114,23 +114,24 @@ def run_pipeline(
     }  # fmt: skip
     started = time.perf_counter()
     decisions: dict[str, dict] = {}
-    for s, (steps, collect) in enumerate(segments):
-        if steps and steps[0].is_global and s > 0:
-            decisions[steps[0].name] = _decide(out, steps[0], len(files), base)
-        jobs = []
-        for t, (f, label) in enumerate(zip(files, labels)):
-            if s == 0:
-                source = {"kind": "raw", "path": str(f), "label": label, "bytes": f.stat().st_size}
-            else:
-                path = work_file(out, s - 1, t)
-                source = {"kind": "work", "path": str(path), "bytes": path.stat().st_size if path.exists() else 0}
-            jobs.append({
-                **base, "segment": s, "task": t, "input": source, "final": s == len(segments) - 1,
-                "steps": [spec_to_dict(x) for x in steps], "collect": spec_to_dict(collect) if collect else None,
-            })  # fmt: skip
-        todo = [j for j in jobs if not stats_path(out, s, j["task"]).is_file()]
-        label = f"segment {s + 1}/{len(segments)}" if len(segments) > 1 else cfg.name
-        _execute(cfg, todo, label, show_progress)
+    with _Workers(cfg) as workers:
+        for s, (steps, collect) in enumerate(segments):
+            if steps and steps[0].is_global and s > 0:
+                decisions[steps[0].name] = _decide(out, steps[0], len(files), base)
+            jobs = []
+            for t, (f, label) in enumerate(zip(files, labels)):
+                if s == 0:
+                    source = {"kind": "raw", "path": str(f), "label": label, "bytes": f.stat().st_size}
+                else:  # the text bytes the previous segment wrote for this shard
+                    previous = json.loads(stats_path(out, s - 1, t).read_text(encoding="utf-8"))
+                    source = {"kind": "work", "path": str(work_file(out, s - 1, t)), "bytes": previous["output"]["bytes"]}
+                jobs.append({
+                    **base, "segment": s, "task": t, "input": source, "final": s == len(segments) - 1,
+                    "steps": [spec_to_dict(x) for x in steps], "collect": spec_to_dict(collect) if collect else None,
+                })  # fmt: skip
+            todo = [j for j in jobs if not stats_path(out, s, j["task"]).is_file()]
+            label = f"segment {s + 1}/{len(segments)}" if len(segments) > 1 else cfg.name
+            workers.run(todo, label, show_progress)
     summary = aggregate_stats(out, cfg, specs, segments, decisions, len(files), seconds=time.perf_counter() - started)
     write_json_atomic(out / "stats.json", summary)
     write_json_atomic(out / "manifest.json", {
@@ -156,44 +157,74 @@ def _decide(out: Path, spec: StepSpec, n_tasks: int, base: dict) -> dict:
     return result
 
 
-def _execute(cfg: PipelineConfig, jobs: list[dict], label: str, show_progress: bool) -> None:
-    from lmforge.data.pipeline.progress import PipelineProgress
+class _Workers:
+    """Where tasks run: this process, a pool of spawned worker processes, or Ray.
 
-    total = sum(j["input"]["bytes"] for j in jobs)
-    with PipelineProgress(label, total, len(jobs), enabled=show_progress) as bar:
-        if not jobs:
-            return
-        if cfg.executor == "ray":
-            from lmforge.data.pipeline.ray_executor import run_on_ray
+    One pool (or Ray session) serves every segment, so worker start-up — imports, compiled
+    tables — is paid once per run, not once per segment.
+    """
 
-            run_on_ray(jobs, cfg.ray_address, _workers(cfg), on_done=bar.task_done)
-            return
-        workers = min(_workers(cfg), len(jobs))
-        if workers == 1:
-            for job in jobs:
-                run_task(job, progress=bar.advance)
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        self.size = _workers(cfg)
+        self._pool: ProcessPoolExecutor | None = None
+        self._queue = None
+
+    def __enter__(self) -> "_Workers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            # On an error, do not start the shards still queued; finished ones stay done.
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def run(self, jobs: list[dict], label: str, show_progress: bool) -> None:
+        from lmforge.data.pipeline.progress import PipelineProgress
+
+        total = sum(j["input"]["bytes"] for j in jobs)
+        with PipelineProgress(label, total, len(jobs), enabled=show_progress) as bar:
+            if not jobs:
+                return
+            if self.cfg.executor == "ray":
+                from lmforge.data.pipeline.ray_executor import run_on_ray
+
+                run_on_ray(jobs, self.cfg.ray_address, self.size, on_done=bar.task_done)
+            elif min(self.size, len(jobs)) == 1 and self._pool is None:
+                for job in jobs:
+                    run_task(job, progress=bar.advance)
+                    bar.task_done()
+            else:
+                self._run_in_pool(jobs, bar)
+
+    def _run_in_pool(self, jobs: list[dict], bar) -> None:
+        if self._pool is None:
+            import multiprocessing as mp
+
+            # spawn, not fork: steps may hold torch models and threads, which fork does not survive.
+            ctx = mp.get_context("spawn")
+            self._queue = ctx.Queue()
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.size, mp_context=ctx, initializer=_init_worker, initargs=(self._queue,)
+            )
+        pending = {self._pool.submit(_run_in_worker, job) for job in jobs}
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            bar.drain(self._queue)
+            for future in done:
+                future.result()  # a worker's exception surfaces here, with its traceback
                 bar.task_done()
-            return
-        import multiprocessing as mp
-
-        # spawn, not fork: steps may hold torch models and threads, which fork does not survive.
-        ctx = mp.get_context("spawn")
-        with ctx.Manager() as manager:
-            queue = manager.Queue()
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-            try:
-                pending = {pool.submit(_run_with_queue, job, queue) for job in jobs}
-                while pending:
-                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                    bar.drain(queue)
-                    for future in done:
-                        future.result()  # a worker's exception surfaces here, with its traceback
-                        bar.task_done()
-                bar.drain(queue)
-            finally:
-                # On an error, do not start the shards still queued; finished ones stay done.
-                pool.shutdown(wait=True, cancel_futures=True)
+        bar.drain(self._queue)
 
 
-def _run_with_queue(job: dict, queue) -> dict:
-    return run_task(job, progress=lambda docs, n_bytes: queue.put((docs, n_bytes)))
+_progress_queue = None  # set in each worker process by _init_worker
+
+
+def _init_worker(queue) -> None:
+    global _progress_queue
+    _progress_queue = queue
+
+
+def _run_in_worker(job: dict) -> dict:
+    queue = _progress_queue
+    return run_task(job, progress=(lambda docs, n_bytes: queue.put((docs, n_bytes))) if queue is not None else None)

@@ -15,7 +15,6 @@ from rich.progress import (
     DownloadColumn,
     Progress,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -33,12 +32,11 @@ class PipelineProgress:
         if self.enabled:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=16),
                 DownloadColumn(),
                 TransferSpeedColumn(),
-                TextColumn("{task.fields[docs]:,} docs ({task.fields[rate]})"),
+                TextColumn("{task.fields[docs]:,} docs {task.fields[rate]}"),
                 TextColumn("shards {task.fields[done]}/{task.fields[tasks]}"),
-                TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
                 console=console,

@@ -82,6 +82,8 @@ class _StepRunner:
         else:  # out-of-scope documents pass untouched (and are counted as skipped)
             chosen = [d for d in batch if d.metadata.get("lang") in self.languages]
             st["skipped"] += len(batch) - len(chosen)
+        # The texts as they came in: a step may change a document in place and return it.
+        before = {id(doc): doc.text for doc in batch}
         t0 = time.perf_counter()
         answers = self.step.process_batch(chosen) if chosen else []
         st["seconds"] += time.perf_counter() - t0
@@ -92,19 +94,19 @@ class _StepRunner:
         for doc in batch:
             answer = verdict.get(id(doc), doc)
             if isinstance(answer, Drop):
-                self._drop(doc, answer.reason)
+                self._drop(doc, answer.reason, before[id(doc)])
                 continue
             if not isinstance(answer, Document):
                 raise RuntimeError(f"step '{self.step.name}' returned {type(answer).__name__}, not a Document or drop()")
-            if answer.text is not doc.text and answer.text != doc.text:
+            if answer.text is not before[id(doc)] and answer.text != before[id(doc)]:
                 st["changed"] += 1
             kept.append(answer)
         st["docs_out"] += len(kept)
         st["bytes_out"] += sum(len(d.text.encode("utf-8")) for d in kept)
         return kept
 
-    def _drop(self, doc: Document, reason: str) -> None:
-        n_bytes = len(doc.text.encode("utf-8"))
+    def _drop(self, doc: Document, reason: str, text_in: str) -> None:
+        n_bytes = len(text_in.encode("utf-8"))  # as bytes_in counted it, before the step
         entry = self.stats["dropped"].setdefault(reason, {"docs": 0, "bytes": 0})
         entry["docs"] += 1
         entry["bytes"] += n_bytes
