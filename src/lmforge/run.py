@@ -95,7 +95,7 @@ def _load_clean_pipeline(r: Recipe, out_dir: Path | None = None):
 def _clean_settings(r: Recipe) -> dict:
     if not r.clean.pipeline:
         return {"pipeline": None, "read": [r.data.text_key, r.data.txt_mode, r.data.skip_bad]}
-    from lmforge.data.pipeline.config import spec_to_dict
+    from lmforge.data.pipeline.config import spec_to_dict, step_resources
 
     cfg, specs = _load_clean_pipeline(r)
     # What the clean shards depend on; not where they go, nor how many workers make them.
@@ -105,6 +105,7 @@ def _clean_settings(r: Recipe) -> dict:
         "docs_per_file": cfg.output.docs_per_file,
         "seed": cfg.seed,
         "steps": [spec_to_dict(s) for s in specs],
+        "resources": step_resources(specs, Path.cwd()),  # word lists, eval sets, models the steps read
     }
 
 

@@ -191,3 +191,19 @@ def test_writer_formats_round_trip_and_abort_leaves_nothing(tmp_path):
         w.write(d)
     w.abort()
     assert [p.name for p in (tmp_path / "aborted").iterdir()] == ["part-00000-00000.jsonl.zst"]  # completed file only
+
+
+def test_records_keep_their_own_ids_and_inputs_are_read_once(tmp_path):
+    path = tmp_path / "in" / "a.jsonl"
+    path.parent.mkdir()
+    records = [{"id": "same", "text": "repeated text here"}, {"id": "same", "text": "repeated text here"}, {"id": 7, "text": "a different one"}]
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    raw = _pipeline(tmp_path, inputs=[str(path)])
+    stats = _run(raw)
+    # Duplicate record ids do not confuse deduplication (it works on positions); outputs get the ids back.
+    assert stats["steps"][1]["dropped"]["duplicate"]["docs"] == 1
+    # (test_upper is scoped to zh and these documents have no language tag: their text is unchanged)
+    kept = [(d.id, d.text) for d in read_documents(tmp_path / "out" / "data")]
+    assert kept == [("same", "repeated text here"), ("7", "a different one")]
+    with pytest.raises(DataError, match=r"a\.jsonl: listed more than once"):
+        _run(_pipeline(tmp_path, inputs=[str(path.parent), str(path)]), force=True)

@@ -101,7 +101,11 @@ class Step:
         self.counters: collections.Counter[str] = collections.Counter()
 
     def setup(self, ctx: StepContext) -> None:
-        """Load what the step needs (word lists, models, decisions) once per worker process."""
+        """Load what the step needs (word lists, models, decisions) once per worker process.
+
+        One instance then serves every shard that worker runs, so keep no per-document state
+        on it; ``counters`` is reset for each shard.
+        """
 
     def process(self, doc: Document) -> Document | Drop:
         """One document in, the document (possibly changed) or ``drop(reason)`` out."""
@@ -125,9 +129,9 @@ class GlobalStep(Step):
     The executor runs it in three phases, each resumable:
 
     1. ``collect(docs) -> dict[str, np.ndarray]`` on every batch of every shard, with
-       ``self.shard`` set to that shard's index. Each array must have the same first dimension
-       as every other call's array of the same key (rows are concatenated per shard) and is saved
-       to ``work_dir/collect-XXXXX.npz``. Rows usually carry the document id (as a fixed-width
+       ``self.shard`` set to that shard's index (no ``setup`` before it). Each key's arrays are
+       concatenated along the first axis per shard (keys may differ in row count) and saved to
+       ``work_dir/collect-XXXXX.npz`` — also for a shard with no documents left, then with no keys. Rows usually carry the document id (as a fixed-width
        string or an integer key) plus its hash or signature.
     2. ``decide(collected, work_dir) -> dict`` once, in one process, with the list of all
        shards' npz files in shard order; it writes whatever ``setup`` will need into

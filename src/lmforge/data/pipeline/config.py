@@ -155,14 +155,48 @@ def build_pipeline(raw: dict, marks: Marks | None = None) -> tuple[PipelineConfi
     return cfg, build_steps(cfg.steps, marks)
 
 
-def pipeline_fingerprint(cfg: PipelineConfig, specs: list[StepSpec], files: list[dict]) -> str:
-    """What the output depends on: inputs (paths, sizes, mtimes), reading, steps, output format.
+def step_resources(specs: list[StepSpec], base_dir: Path) -> dict[str, list]:
+    """Size and mtime of every file a step's settings point to (word lists, eval sets, models).
+
+    Any string setting naming an existing file or directory counts, so a changed resource —
+    not only a changed setting — makes the pipeline a different one.
+    """
+    found: dict[str, list] = {}
+
+    def visit(value: Any) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                visit(v)
+        elif isinstance(value, str) and 0 < len(value) < 4096 and "\n" not in value:
+            path = Path(value).expanduser()
+            path = path if path.is_absolute() else base_dir / path
+            try:
+                if path.is_file():
+                    found[value] = [path.stat().st_size, int(path.stat().st_mtime)]
+                elif path.is_dir():
+                    files = sorted(p for p in path.rglob("*") if p.is_file())[:10_000]
+                    found[value] = [[str(p.relative_to(path)), p.stat().st_size, int(p.stat().st_mtime)] for p in files]
+            except OSError:  # a name too long for the filesystem, a permission problem: not a resource
+                pass
+
+    for spec in specs:
+        visit(to_dict(spec.config))
+    return found
+
+
+def pipeline_fingerprint(cfg: PipelineConfig, specs: list[StepSpec], files: list[dict], base_dir: Path = Path(".")) -> str:
+    """What the output depends on: inputs (paths, sizes, mtimes), reading, steps and the files
+    their settings name, output format.
 
     Worker count, executor and side-file settings are left out: they change how the work is
     done, not what it produces, so a resumed run may use other ones.
     """
     payload = {
         "files": files,
+        "resources": step_resources(specs, base_dir),
         "reader": to_dict(cfg.reader),
         "format": cfg.output.format,
         "docs_per_file": cfg.output.docs_per_file,

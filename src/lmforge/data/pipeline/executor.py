@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from lmforge.config import to_dict
 from lmforge.data.document import DataError
 from lmforge.data.pipeline.config import PipelineConfig, StepSpec, pipeline_fingerprint, spec_to_dict
 from lmforge.data.pipeline.stats import aggregate_stats
-from lmforge.data.pipeline.task import collect_path, run_task, stats_path, step_work_dir, work_file
+from lmforge.data.pipeline.task import collect_path, release_steps, run_task, stats_path, step_work_dir, work_file
 from lmforge.data.readers import expand_paths
 from lmforge.io import write_json_atomic
 
@@ -78,8 +79,9 @@ def _check_or_start(out: Path, fingerprint: str, meta: dict, force: bool) -> Non
         previous = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
         if previous != fingerprint:
             raise DataError(
-                f"{out}: holds the output of a different pipeline or different inputs (fingerprint {previous}, "
-                f"now {fingerprint}); choose another output.dir, or pass --force to start over"
+                f"{out}: holds the output of a different pipeline, or of inputs or step resources that have "
+                f"changed since (fingerprint {previous}, now {fingerprint}); choose another output.dir, "
+                "or pass --force to start over"
             )
         return
     if out.exists() and any(out.iterdir()):
@@ -100,15 +102,28 @@ def run_pipeline(
     if not specs:
         raise DataError("the pipeline has no steps")
     files = expand_paths(cfg.inputs)
+    seen: dict[Path, Path] = {}
+    for f in files:  # a file read twice would be "deduplicated" against itself, both copies lost
+        if f.resolve() in seen:
+            raise DataError(f"{f}: listed more than once among the inputs (directly, through a directory or a link)")
+        seen[f.resolve()] = f
     out = Path(cfg.output.dir)
     file_info = [{"path": str(f.resolve()), "bytes": f.stat().st_size, "mtime": int(f.stat().st_mtime)} for f in files]
-    fingerprint = pipeline_fingerprint(cfg, specs, file_info)
+    fingerprint = pipeline_fingerprint(cfg, specs, file_info, Path(base_dir))
     meta = {"fingerprint": fingerprint, "name": cfg.name, "config": to_dict(cfg), "files": file_info}
     _check_or_start(out, fingerprint, meta, force)
 
     labels = _file_labels(files)
     segments = plan_segments(specs)
+    if any(s.languages for s in specs) and "langid" not in [s.type for s in specs]:
+        from lmforge.cli_common import console
+
+        console.print(
+            "[yellow]warning:[/] steps scoped with `languages:` act only on documents whose metadata has a "
+            "`lang`; this pipeline has no langid step to set it"
+        )
     base = {
+        "run_id": uuid.uuid4().hex,  # lets workers tell this run from an earlier one in the same process
         "out_dir": str(out.resolve()), "base_dir": str(Path(base_dir).resolve()), "seed": cfg.seed,
         "reader": to_dict(cfg.reader), "output": to_dict(cfg.output), "batch_size": cfg.batch_size,
     }  # fmt: skip
@@ -150,8 +165,11 @@ def _decide(out: Path, spec: StepSpec, n_tasks: int, base: dict) -> dict:
         return json.loads(marker.read_text(encoding="utf-8"))
     step = spec.make()  # no setup(): that loads the decision this call is about to make
     paths = [collect_path(out, spec.name, t) for t in range(n_tasks)]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:  # every finished shard writes one, even when empty: this output was tampered with
+        raise DataError(f"{missing[0]}: missing although its shard is marked done; rerun with --force")
     t0 = time.perf_counter()
-    summary = step.decide([p for p in paths if p.exists()], work_dir)
+    summary = step.decide(paths, work_dir)
     result = {"summary": summary, "seconds": round(time.perf_counter() - t0, 3)}
     write_json_atomic(marker, result)
     return result
@@ -166,7 +184,7 @@ class _Workers:
 
     def __init__(self, cfg: PipelineConfig) -> None:
         self.cfg = cfg
-        self.size = _workers(cfg)
+        self.size = min(_workers(cfg), max(1, len(expand_paths(cfg.inputs))))  # one shard per file
         self._pool: ProcessPoolExecutor | None = None
         self._queue = None
 
@@ -174,6 +192,7 @@ class _Workers:
         return self
 
     def __exit__(self, *exc) -> None:
+        release_steps()  # the steps this process set up (the one-worker case)
         if self._pool is not None:
             # On an error, do not start the shards still queued; finished ones stay done.
             self._pool.shutdown(wait=True, cancel_futures=True)

@@ -11,6 +11,8 @@ A task writes everything under temporary names and its stats file last: the stat
 
 from __future__ import annotations
 
+import collections
+import json
 import os
 import time
 from pathlib import Path
@@ -56,8 +58,8 @@ def clear_task_outputs(job: dict) -> None:
     dirs.append((out / "data") if job["final"] else work_file(out, job["segment"], task).parent)
     for d in dirs:
         if d.is_dir():
-            for f in d.iterdir():
-                if f.name.startswith(prefix) or f.name.startswith(f".{prefix}"):
+            for f in d.iterdir():  # "part-00012-..." only: not "part-000120-..." of task 120
+                if f.name.startswith((f"{prefix}-", f".{prefix}-")):
                     f.unlink()
     if job["collect"] is not None:
         collect_path(out, job["collect"]["name"], task).unlink(missing_ok=True)
@@ -113,13 +115,43 @@ class _StepRunner:
         examples = self.stats["examples"].setdefault(reason, [])
         if len(examples) < self.max_examples:
             examples.append({"id": doc.id, "text": doc.text[:400]})
-        if self.dropped is not None:
-            self.dropped.write(Document(doc.id, doc.text, {**doc.metadata, "drop_reason": reason, "drop_step": self.step.name}))
+        if self.dropped is not None:  # the text as the step received it
+            self.dropped.write(Document(doc.id, text_in, {**doc.metadata, "drop_reason": reason, "drop_step": self.step.name}))
 
     def finish(self) -> dict:
         self.stats["counters"] = dict(self.step.counters)
         self.stats["seconds"] = round(self.stats["seconds"], 4)
         return self.stats
+
+
+# Steps set up in this process, reused by every shard it runs in the same pipeline run: models,
+# word lists and decisions load once per worker, not once per shard.
+_STEP_CACHE: dict[str, Step] = {}
+_CACHE_RUN: str | None = None
+
+
+def _cached_step(spec, spec_dict: dict, job: dict, out: Path) -> Step:
+    global _CACHE_RUN
+    if job["run_id"] != _CACHE_RUN:  # another run (or rerun) in this process: nothing carries over
+        release_steps()
+        _CACHE_RUN = job["run_id"]
+    key = json.dumps([spec_dict, job["base_dir"], job["seed"]], sort_keys=True, default=str)
+    step = _STEP_CACHE.get(key)
+    if step is None:
+        step = spec.make()
+        step.setup(StepContext(Path(job["base_dir"]), step_work_dir(out, spec.name), job["seed"]))
+        _STEP_CACHE[key] = step
+    step.counters = collections.Counter()  # counts are per shard
+    return step
+
+
+def release_steps() -> None:
+    """Close and forget the steps this process has set up."""
+    global _CACHE_RUN
+    for step in _STEP_CACHE.values():
+        step.close()
+    _STEP_CACHE.clear()
+    _CACHE_RUN = None
 
 
 def _documents(job: dict, read_stats: ReadStats) -> "iter[Document]":
@@ -133,10 +165,19 @@ def _documents(job: dict, read_stats: ReadStats) -> "iter[Document]":
         [source["path"]], text_key=reader["text_key"], skip_bad=reader["skip_bad"], stats=read_stats,
         txt_mode=reader["txt_mode"], chunk_chars=reader["chunk_chars"],
     ):  # fmt: skip
-        # Ids are positions (file:line), unique across the run, which dedup decisions rely on;
-        # a record's own `id` field stays in its metadata.
+        # Inside the pipeline ids are positions (file:line), unique across the run, which dedup
+        # decisions rely on; a record's own `id` field waits in its metadata and is given back
+        # when the document is written out (`_output_document`).
         doc.id = f"{label}:{doc.metadata.get('line', 0)}"
         yield doc
+
+
+def _output_document(doc: Document) -> Document:
+    """The document as written to the clean shards: with its record's own id where it had one."""
+    if "id" not in doc.metadata:
+        return doc
+    metadata = dict(doc.metadata)
+    return Document(str(metadata.pop("id")), doc.text, metadata)
 
 
 def run_task(job: dict, progress: Progress | None = None) -> dict:
@@ -147,9 +188,8 @@ def run_task(job: dict, progress: Progress | None = None) -> dict:
     output = job["output"]
     runners: list[_StepRunner] = []
     writers: list[DocumentWriter] = []
-    for spec in specs:
-        step = spec.make()
-        step.setup(StepContext(Path(job["base_dir"]), step_work_dir(out, spec.name), job["seed"]))
+    for spec, spec_dict in zip(specs, job["steps"]):
+        step = _cached_step(spec, spec_dict, job, out)
         keep = output["keep_dropped"] if spec.keep_dropped is None else spec.keep_dropped
         dropped = DocumentWriter(out / "dropped" / spec.name, task_prefix(job["task"]), "jsonl.zst", 1 << 40) if keep else None
         if dropped is not None:
@@ -191,15 +231,13 @@ def run_task(job: dict, progress: Progress | None = None) -> dict:
                     for key, rows in collector.collect(scoped).items():
                         collected.setdefault(key, []).append(np.asarray(rows))
             for doc in batch:
-                sink.write(doc)
+                sink.write(_output_document(doc) if job["final"] else doc)
         files = [w.close() for w in writers][-1]
     except BaseException:
         for w in writers:
             w.abort()
+        release_steps()  # a step that failed half way is not reused
         raise
-    finally:
-        for runner in runners:
-            runner.step.close()
     if collector is not None:
         path = collect_path(out, collector.name, job["task"])
         path.parent.mkdir(parents=True, exist_ok=True)
