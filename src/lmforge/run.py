@@ -146,7 +146,7 @@ def _run_tokenizer(ctx: StageContext) -> dict:
 
     files, data = ctx.upstream["clean"]["files"], _read_settings(ctx)
     # Read the text exactly as the shards stage will, so the tokenizer sees the same documents.
-    docs = read_documents(files, text_key=data.text_key, skip_bad=data.skip_bad, txt_mode=data.txt_mode)
+    docs = read_documents(files, text_key=data.text_key, skip_bad=data.skip_bad, txt_mode=data.txt_mode, chunk_chars=data.chunk_chars)
     out = train_tokenizer((doc.text for doc in docs), ctx.dir / "tokenizer", ctx.recipe.tokenizer)
     rows = evaluate_compression([out], files, text_key=data.text_key, txt_mode=data.txt_mode, skip_bad=data.skip_bad)
     write_json(rows, ctx.dir / "compression.json")

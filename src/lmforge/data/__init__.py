@@ -1,1 +1,1 @@
-"""Data: documents, readers, corpus building and token shards."""
+"""Data: documents, readers and writers, the cleaning pipeline and its steps, corpus building and token shards."""

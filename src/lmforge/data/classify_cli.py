@@ -33,7 +33,7 @@ from lmforge.tokenizer.cli import check_txt_mode
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Classifier directory to write (replaced atomically).")]
 TextKey = Annotated[str, typer.Option("--text-key", help="JSON field / parquet column holding the text.")]
 TxtMode = Annotated[
-    str, typer.Option("--txt-mode", callback=check_txt_mode, help="How .txt files split into documents: paragraph, line or file.")
+    str, typer.Option("--txt-mode", callback=check_txt_mode, help="How .txt files split into documents: paragraph, line, file or chunk.")
 ]
 Epochs = Annotated[int, typer.Option("--epochs", help="Passes over the training examples.")]
 Dim = Annotated[int, typer.Option("--dim", help="Embedding width.")]

@@ -136,3 +136,61 @@ def _register_classifier_commands() -> None:
 
 
 _register_classifier_commands()
+
+
+@app.command("steps", help="List the pipeline step types, or one type's settings with their defaults.")
+def steps(step_type: Annotated[Optional[str], typer.Argument(help="A step type, e.g. gopher_quality.")] = None) -> None:
+    import dataclasses
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    from lmforge.data.pipeline.base import GlobalStep, step_types
+
+    types = step_types()
+    if step_type is None:
+        table = Table(title="pipeline step types (`lmforge data steps TYPE` for settings)")
+        table.add_column("type")
+        table.add_column("kind")
+        table.add_column("what it does")
+        for name, cls in sorted(types.items()):
+            doc = (cls.__doc__ or "").strip().split("\n")[0]
+            table.add_row(name, "global" if issubclass(cls, GlobalStep) else "", doc)
+        console.print(table)
+        return
+    if step_type not in types:
+        raise typer.BadParameter(f"unknown step type {step_type!r}; known: {', '.join(sorted(types))}")
+    cls = types[step_type]
+    console.print(f"[bold]{step_type}[/]: {(cls.__doc__ or '').strip()}\n")
+    table = Table(title=f"settings ({cls.Config.__name__})")
+    table.add_column("key")
+    table.add_column("default")
+    table.add_column("meaning")
+    comments = _field_comments(cls.Config)
+    for f in dataclasses.fields(cls.Config):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "(required)"
+        text = repr(default)
+        table.add_row(f.name, escape(text if len(text) < 60 else text[:57] + "..."), escape(comments.get(f.name, "")))
+    console.print(table)
+    console.print(escape("Every step also takes: name, languages (e.g. [zh, en]), keep_dropped (true/false)."))
+
+
+def _field_comments(config_cls: type) -> dict[str, str]:
+    """The `# ...` comment on each field's line of a Config dataclass (its documentation)."""
+    import inspect
+    import re
+
+    found: dict[str, str] = {}
+    for cls in config_cls.__mro__:  # shared fields may live on a base config
+        try:
+            source = inspect.getsource(cls)
+        except (OSError, TypeError):
+            continue
+        for m in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, re.MULTILINE):
+            found.setdefault(m.group(1), m.group(2).strip())
+    return found

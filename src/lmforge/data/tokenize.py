@@ -58,14 +58,15 @@ class TokenizeConfig:
     val_fraction: float = 0.0  # documents routed (by a hash of their text) to the held-out split
     workers: int = 0  # 0 = one per CPU core this process may run on (see available_cpus)
     skip_bad: bool = False
-    txt_mode: Literal["paragraph", "line", "file"] = "paragraph"  # how .txt files split into documents
+    txt_mode: Literal["paragraph", "line", "file", "chunk"] = "paragraph"  # how .txt files split into documents
+    chunk_chars: int = 4000  # document size for txt_mode=chunk (cut at paragraph ends)
     batch_chars: int = 1 << 20  # characters of text per worker task; in-flight memory is ~4x this per worker
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
-        if self.shard_tokens <= 0 or self.batch_chars <= 0 or self.workers < 0:
-            raise ValueError("shard_tokens and batch_chars must be positive, workers >= 0")
+        if self.shard_tokens <= 0 or self.batch_chars <= 0 or self.workers < 0 or self.chunk_chars <= 0:
+            raise ValueError("shard_tokens, batch_chars and chunk_chars must be positive, workers >= 0")
 
 
 def available_cpus() -> int:
@@ -223,7 +224,9 @@ def tokenize_to_shards(
     workers = cfg.workers or available_cpus()
 
     stats = ReadStats()
-    docs = read_documents(inputs, text_key=cfg.text_key, skip_bad=cfg.skip_bad, stats=stats, txt_mode=cfg.txt_mode)
+    docs = read_documents(
+        inputs, text_key=cfg.text_key, skip_bad=cfg.skip_bad, stats=stats, txt_mode=cfg.txt_mode, chunk_chars=cfg.chunk_chars
+    )
     batches = batch_texts(docs, cfg.batch_chars)
     counts = np.zeros(vocab_size, dtype=np.int64)
     totals = {"train_docs": 0, "val_docs": 0, "empty_docs": 0, "tokens": 0}

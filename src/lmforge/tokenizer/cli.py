@@ -51,8 +51,8 @@ TxtModeOption = Annotated[
         "--txt-mode",
         callback=check_txt_mode,
         help=(
-            "How .txt files split into documents: paragraph (blank-line blocks), line, or file "
-            "(default: the recipe's data.txt_mode, else paragraph)."
+            "How .txt files split into documents: paragraph (blank-line blocks), line, file, or chunk "
+            "(~data.chunk_chars characters cut at paragraph ends) (default: the recipe's data.txt_mode, else paragraph)."
         ),
     ),
 ]
@@ -95,6 +95,7 @@ def train(
         skip_bad=r.data.skip_bad if skip_bad is None else skip_bad,
         stats=stats,
         txt_mode=txt_mode or r.data.txt_mode,  # type: ignore[arg-type]
+        chunk_chars=r.data.chunk_chars,
     )
     console.print(f"training a {cfg.vocab_size:,}-token byte-level BPE on {len(inputs)} input(s)...")
     try:
