@@ -16,15 +16,8 @@ import pytest
 
 from lmforge.data.document import DataError, Document
 from lmforge.data.pipeline.base import Drop, StepContext
-from lmforge.data.steps.decontam import (
-    _NFKC_INERT,
-    Decontaminate,
-    DecontaminateConfig,
-    WordHasher,
-    eval_files,
-    nfkc,
-    read_eval_items,
-)
+from lmforge.data.steps.decontam import _NFKC_INERT, Decontaminate, DecontaminateConfig, WordHasher, nfkc
+from lmforge.data.steps.evalsets import eval_files, read_eval_items
 from lmforge.data.steps.text import words
 
 N = 13

@@ -114,7 +114,8 @@ def true_jaccard(a: str, b: str, n: int = 5) -> float:
 
 # -- MinHash core ----------------------------------------------------------------------------------
 def test_vectorized_words_equal_words():
-    texts = ["GPT-4 写了 3 首诗", "İstanbul ΟΔΟΣ σας", "snake_case and x²+y³ café", "", "…!!", "ﬁne Ⅻ ①", "a\x00b\ud800c"]
+    texts = ["GPT-4 写了 3 首诗", "İstanbul ΟΔΟΣ σας", "snake_case and x²+y³ café", "", "…!!", "ﬁne Ⅻ ①", "a\x00b\ud800c",
+             "𠀀𪚥abc・カタ゠한국ｱｲ"]
     assert mh.batch_words(texts) == [words(t) for t in texts]
 
 
@@ -153,6 +154,28 @@ def test_signatures_equal_direct_minimum_whatever_the_chunking(monkeypatch):
     monkeypatch.setattr(mh, "_TOKENIZE_CHARS", 50)
     monkeypatch.setattr(mh, "_SIGNATURE_CHARS", 3000)
     assert (mh.MinHasher(num_perm=16).signatures(texts) == expected).all()
+
+
+def test_long_texts_go_through_in_windows_with_the_same_result(monkeypatch):
+    # Texts longer than _TOKENIZE_CHARS are hashed window by window (bounded memory): words
+    # running across cuts, CJK characters at cuts, n-1 words carried over, texts with fewer
+    # than n words but many characters all give what the whole text gives.
+    rng = random.Random(1)
+    vocab = ["alpha", "béta", "x" * 37, "写", "了", "𠀀", "İstanbul", "ΟΔΟΣ ", "42", "snake_case"]  # see _long_word_hashes on "Σ"
+    texts = ["".join(rng.choice(vocab) + rng.choice([" ", "\n", ", ", "", "…"]) for _ in range(rng.randint(0, 80)))
+             for _ in range(40)]
+    texts += ["", " " * 500, " " * 300 + "one two", "z" * 1000, "写" * 333, "a" * 130 + " b"]
+    for ngram in (1, 2, 5):
+        whole = mh.MinHasher(ngram=ngram, num_perm=16)
+        expected = [*whole.word_hashes(texts), *whole.shingle_hashes(texts), whole.signatures(texts)]
+        for window in (50, 64):
+            monkeypatch.setattr(mh, "_TOKENIZE_CHARS", window)
+            windowed = mh.MinHasher(ngram=ngram, num_perm=16)
+            got = [*windowed.word_hashes(texts), *windowed.shingle_hashes(texts), windowed.signatures(texts)]
+            for want, have in zip(expected, got):
+                assert np.array_equal(want, have), (ngram, window)
+            assert len(windowed._powers) <= 2 * window + 1  # power tables stay bounded
+            monkeypatch.undo()
 
 
 def test_signature_agreement_estimates_jaccard():

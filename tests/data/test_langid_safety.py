@@ -130,6 +130,14 @@ def test_mixed_chinese_and_english():
     assert identify_language(code_with_chinese_comments)[0] == "code"
 
 
+def test_hanja_korean_and_rare_han():
+    # Korean with many hanja is not Chinese: Hangul counts with kana (text.KANA_HANGUL_CHARS).
+    hanja = "大韓民國은 民主共和國이다. 大韓民國의 主權은 國民에게 있고, 모든 權力은 國民으로부터 나온다. " * 3
+    assert identify_language(hanja)[0] == "other"
+    # Extension B+ ideographs (plane 2) are Han.
+    assert identify_language("𠀀𠀁𠀂𠀃𠀄𠀅𠀆𠀇𠀈𠀉 is rare" * 3)[0] == "zh"
+
+
 def test_langid_step_tags_and_drops(tmp_path):
     docs = [Document("zh", "今天天气很好，我们去公园散步吧。"), Document("de", GERMAN), Document("py", inspect.getsource(json))]
     step = make(LangId, LangIdConfig(allowed=["zh", "en"]), tmp_path)

@@ -28,14 +28,20 @@ from lmforge.data.steps.quality import (
     LengthFilterConfig,
     ScriptRatio,
     ScriptRatioConfig,
-    char_profile,
-    ends_in_terminal,
-    is_mostly_cjk,
-    looks_hard_wrapped,
-    resolve_lang,
 )
+from lmforge.data.steps.charclass import char_profile, is_mostly_cjk, resolve_lang
 from lmforge.data.steps.repetition import GopherRepetition, GopherRepetitionConfig, ngram_repetition
-from lmforge.data.steps.text import words
+from lmforge.data.steps.text import (
+    CJK_RE,
+    cjk_count,
+    ends_in_terminal,
+    han_count,
+    kana_hangul_count,
+    looks_hard_wrapped,
+    paragraph_pieces,
+    paragraphs,
+    words,
+)
 
 EN_PROSE = (
     "The history of the railway is closely tied to the growth of the nation. In the decades that "
@@ -53,6 +59,8 @@ ZH_PROSE = (
     "他们的意见在国会里得到了回应，第一个负责监督铁路的委员会随之成立。\n"
     "他说：“这件事我们明天再谈吧。”她点了点头，转身走进了屋里，心里却一直放不下。"
 )
+JAPANESE = "この町は川のそばにあり、春になると桜がとてもきれいです。多くの人が写真を撮りに来ますが、夜は静かになります。"
+KOREAN = "이 도시는 강 옆에 있고 봄이 되면 벚꽃이 아주 예쁩니다. 많은 사람들이 사진을 찍으러 옵니다."
 
 DEFAULT_CHAIN = [LengthFilter, GopherQuality, GopherRepetition, ScriptRatio, C4Filter, FineWebFilter]
 
@@ -93,11 +101,29 @@ def test_hard_wrap_detection():
 
 
 def test_char_profile_and_language():
-    space, digit, cjk, letter, prose, symbol = char_profile("Hi, 世界! 12 ★ _ 😀")
-    assert (space, digit, cjk, letter, prose, symbol) == (5, 2, 2, 2, 2, 3)
+    space, digit, han, kana_hangul, letter, prose, symbol = char_profile("Hi, 世界! 12 ★ _ 😀 ひら한 𠀀・")
+    assert (space, digit, han, kana_hangul, letter, prose, symbol) == (7, 2, 3, 3, 2, 3, 3)
     assert is_mostly_cjk(ZH_PROSE) and not is_mostly_cjk(EN_PROSE)
+    assert is_mostly_cjk(JAPANESE) and is_mostly_cjk(KOREAN)  # CJK script, not Chinese: see script_ratio
     assert resolve_lang(Document("a", ZH_PROSE)) == "zh"
     assert resolve_lang(Document("a", ZH_PROSE, {"lang": "en"})) == "en"  # metadata wins
+
+
+def test_one_definition_of_han_and_kana_hangul():
+    # Extension B+ ideographs (planes 2-3) are Han; ・ and ゠ are punctuation, not kana.
+    assert words("汉字𠀀𪚥abc・カタカナ゠한국어") == ["汉", "字", "𠀀", "𪚥", "abc", "カ", "タ", "カ", "ナ", "한", "국", "어"]
+    assert words("ｱｲｳ ㄱㄴ") == ["ｱｲｳ", "ㄱㄴ"]  # half-width katakana and Jamo: letter runs, as before
+    assert (han_count(JAPANESE), kana_hangul_count(JAPANESE)) == (12, 38)
+    assert (han_count(KOREAN), kana_hangul_count(KOREAN)) == (0, 37)
+    # cjk_count counts runs; it equals a per-character count on anything.
+    rng = random.Random(0)
+    alphabet = "汉字𠀀ひカ・한 a1,\n" + "\U0002a6a5" + "\uac00"
+    for _ in range(50):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        assert cjk_count(text) == len(CJK_RE.findall(text)) == han_count(text) + kana_hangul_count(text)
+    text = "one\n\n two\n \t\n\nthree\n"
+    assert "".join(a + b for a, b in paragraph_pieces(text)) == text
+    assert [p.strip() for p, _ in paragraph_pieces(text)] == paragraphs(text) == ["one", "two", "three"]
 
 
 def _brute_force(tokens: list[str], n: int) -> tuple[float, float]:
@@ -200,6 +226,7 @@ def test_length_filter():
         ("\n".join(f"Read the story of day {i} in the morning paper and the evening news..." for i in range(30)), None,
          "gopher_ellipsis_lines"),
         (" ".join(str(1000 + 37 * i) for i in range(100)) + " the and of", None, "gopher_alpha_words"),
+        ("①②③ " * 30 + " ".join(str(i) for i in range(10)) + EN_PROSE, None, None),  # only decimal words count
         ("cheap pills online best price discount buy now " * 10, None, "gopher_stop_words"),
         ("免费电影高清下载最新大片在线观看" * 8, "zh", "gopher_stop_words"),
     ],
@@ -261,6 +288,10 @@ def test_script_ratio_rules():
     caption = "图1：" + EN_PROSE
     assert _reason(step, caption, "zh") == "script_cjk_ratio"  # tagged Chinese, but English text
     assert _reason(step, caption) is None  # untagged: English by script, no CJK rule
+    # Only Han counts for Chinese: Japanese or Korean tagged zh is dropped; rare Han is Han.
+    assert _reason(step, JAPANESE * 3, "zh") == "script_cjk_ratio"
+    assert _reason(step, KOREAN * 3, "zh") == "script_cjk_ratio"
+    assert _reason(step, "𠀀𠀁𠀂𠀃的了是在，" * 20, "zh") is None
     assert _reason(step, "def f(x): return {x: x * 2} # " * 5, "code") is None
 
 

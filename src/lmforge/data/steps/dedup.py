@@ -47,10 +47,10 @@ from lmforge.data.pipeline.base import Drop, GlobalStep, StepContext, drop, regi
 from lmforge.data.steps.minhash import (
     MinHasher, band_hashes, candidate_pairs, connected_components, optimal_bands_rows, verify_pairs,
 )
+from lmforge.data.steps.text import DIGIT_RE, paragraph_pieces
 
 DECISION_FILE = "decision.npz"
 _PUNCTUATION_RE = re.compile(r"[^\w\s]|_")  # punctuation and symbols, any script
-_PARAGRAPH_BREAK_RE = re.compile(r"(\n[ \t\r\f\v]*\n\s*)")  # a blank line (and what follows)
 _EMPTY_IDS = np.zeros(0, dtype="<U1")
 
 
@@ -150,6 +150,15 @@ def _cluster_report(collected: _Collected, labels: np.ndarray, keep: np.ndarray,
     return {"clusters": int(len(roots)), "cluster_sizes": _size_histogram(sizes), "largest_clusters": clusters}
 
 
+def _load_decision(step: GlobalStep, ctx: StepContext) -> dict[str, np.ndarray]:
+    """The arrays ``decide`` saved in the step's work_dir (phase 3 cannot run without them)."""
+    path = Path(ctx.work_dir) / DECISION_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{step.name}: no decision at {path}; the collect and decide phases must run first")
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
 def _write_drop_ids(collected: _Collected, dropped_rows: np.ndarray, work_dir: Path) -> None:
     ids = collected.take("id", dropped_rows)
     _save_atomic(Path(work_dir) / DECISION_FILE, drop_ids=np.sort(ids.astype(str)))
@@ -161,11 +170,7 @@ class _DropListStep(GlobalStep):
     drop_reason = ""
 
     def setup(self, ctx: StepContext) -> None:
-        path = Path(ctx.work_dir) / DECISION_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{self.name}: no decision at {path}; the collect and decide phases must run first")
-        with np.load(path) as data:
-            self._drop_ids = data["drop_ids"]
+        self._drop_ids = _load_decision(self, ctx)["drop_ids"]
 
     def process_batch(self, docs: list[Document]) -> list[Document | Drop]:
         if not len(self._drop_ids) or not docs:
@@ -361,9 +366,6 @@ class LineDedupConfig:
                 raise ValueError(f"line_dedup.{field} must be >= 0, got {getattr(self, field)}")
 
 
-_DIGIT_RE = re.compile(r"\d")
-
-
 @register_step("line_dedup")
 class LineDedup(GlobalStep):
     """Remove lines/paragraphs that recur across documents from all but their first document."""
@@ -375,14 +377,12 @@ class LineDedup(GlobalStep):
         if self.config.unit == "line":
             parts = text.split("\n")
             return [(p, "\n") for p in parts[:-1]] + [(parts[-1], "")]
-        parts = _PARAGRAPH_BREAK_RE.split(text)
-        parts.append("")
-        return list(zip(parts[0::2], parts[1::2]))
+        return paragraph_pieces(text)
 
     def normalize(self, unit: str) -> str:
         unit = " ".join(unit.split())
         unit = unit.lower() if self.config.lowercase else unit
-        return _DIGIT_RE.sub("0", unit) if self.config.digits_to_zero else unit
+        return DIGIT_RE.sub("0", unit) if self.config.digits_to_zero else unit
 
     def _unit_hashes(self, docs: list[Document]) -> tuple[list[list[tuple[str, str]]], np.ndarray, np.ndarray, np.ndarray]:
         """Per document its units; for every unit long enough: hash, document index, unit index."""
@@ -451,11 +451,8 @@ class LineDedup(GlobalStep):
         }
 
     def setup(self, ctx: StepContext) -> None:
-        path = Path(ctx.work_dir) / DECISION_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{self.name}: no decision at {path}; the collect and decide phases must run first")
-        with np.load(path) as data:
-            self._repeated, self._first_doc = data["unit_hash"], data["first_doc"]
+        decision = _load_decision(self, ctx)
+        self._repeated, self._first_doc = decision["unit_hash"], decision["first_doc"]
         self._label = "lines_removed" if self.config.unit == "line" else "paragraphs_removed"
 
     def process_batch(self, docs: list[Document]) -> list[Document | Drop]:

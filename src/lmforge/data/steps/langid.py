@@ -8,9 +8,9 @@ windows spread over it, so a long file costs no more than a short one):
   ``}``, operators such as ``==`` ``->`` ``&&``, indentation). Comments and doctest lines count
   for neither side, so a Python file with long docstrings is still code while a docstring on
   its own (prose with a few ``>>>`` examples) is English;
-* **script statistics**: the share of Han characters among all letters (Chinese), with kana
-  (Japanese) and Hangul (Korean) and non-Latin alphabets (Cyrillic, Greek, Arabic, ...) sending a
-  document to ``other``;
+* **script statistics**: the share of Han characters (``text.HAN_CHARS``) among all letters
+  (Chinese), with kana and Hangul (``text.KANA_HANGUL_CHARS``: Japanese, Korean) and non-Latin
+  alphabets (Cyrillic, Greek, Arabic, ...) sending a document to ``other``;
 * **function words**: for Latin-script text, the share of words that are English function words
   ("the", "of", "and", ...) against the same share for German, French, Spanish, Italian,
   Portuguese and Dutch, so a German man page is ``other``, not ``en``.
@@ -40,15 +40,14 @@ from dataclasses import dataclass, field
 
 from lmforge.data.document import Document
 from lmforge.data.pipeline.base import Drop, Step, StepContext, drop, register_step
+from lmforge.data.steps.text import han_count, kana_hangul_count
 
 LANGUAGES = ("zh", "en", "code", "other")
 
-# runs, not single characters: counting sum(map(len, findall(...))) allocates one string per run
-_HAN_RUN_RE = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]+")
-_KANA_RUN_RE = re.compile("[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9d]+")
-_LETTER_RUN_RE = re.compile(r"[^\W\d_]+")
-# Latin-script words (ASCII letters, Latin-1 and Latin Extended-A/B), lowercased before matching
-_LATIN_WORD_RE = re.compile("[a-z\u00df-\u00f6\u00f8-\u00ff\u0100-\u024f]+(?:'[a-z]+)?")
+_LETTER_RUN_RE = re.compile(r"[^\W\d_]+")  # letters of any script, CJK included
+# Latin-script words (ASCII letters, Latin-1 and Latin Extended-A/B) with an English-style
+# apostrophe suffix ("don't"), lowercased before matching: what the function-word lists hold.
+_LATIN_SCRIPT_WORD_RE = re.compile("[a-z\u00df-\u00f6\u00f8-\u00ff\u0100-\u024f]+(?:'[a-z]+)?")
 
 # The most frequent function words of each language. English's list is longer on purpose: it is
 # the language we accept; the others only need to outscore it on their own text.
@@ -142,7 +141,8 @@ class LangIdConfig:
     # Chinese when Han characters are at least this share of all letters (mixed zh/en text with a
     # few English terms stays Chinese; an English text quoting a few characters does not)
     zh_min_cjk_ratio: float = 0.3
-    # ... and kana are below this share of Han+kana (above it the text is Japanese: other)
+    # ... and kana and Hangul (text.KANA_HANGUL_CHARS) are below this share of Han+kana+Hangul
+    # (above it the text is Japanese or Korean with Chinese characters: other)
     max_kana_ratio: float = 0.1
     # English when at least this share of Latin-script words are English function words (running
     # English is ~40%, terse man pages and docstrings 14-25%, German/Swedish/Polish text under 10%) and English
@@ -242,10 +242,6 @@ def _code_line_counts(text: str, in_docstring: bool) -> tuple[int, list[str]]:
     return code, prose
 
 
-def _count(run_re: re.Pattern, text: str) -> int:
-    return sum(map(len, run_re.findall(text)))
-
-
 def function_word_ratios(latin_words: list[str]) -> dict[str, float]:
     """Per language, the share of these (lowercased, Latin-script) words that are its function words."""
     hits = dict.fromkeys(FUNCTION_WORDS, 0)
@@ -276,24 +272,24 @@ def identify_language(text: str, config: LangIdConfig | None = None) -> tuple[st
         # documentation with examples: judge its language by its sentences, not by its code
         prose_text = "\n".join(prose_lines)
 
-    latin_words = _LATIN_WORD_RE.findall(sample.lower())
+    latin_words = _LATIN_SCRIPT_WORD_RE.findall(sample.lower())
     latin_letters = sum(map(len, latin_words))
     zh_score = 0.0
     if sample.isascii():
         letters = latin_letters
     else:
-        letters = _count(_LETTER_RUN_RE, sample)
-        han = _count(_HAN_RUN_RE, sample)
+        letters = sum(map(len, _LETTER_RUN_RE.findall(sample)))
+        han = han_count(sample)
         if han:
-            kana = _count(_KANA_RUN_RE, sample)
-            if kana < cfg.max_kana_ratio * (han + kana):  # else Japanese
+            kana = kana_hangul_count(sample)
+            if kana < cfg.max_kana_ratio * (han + kana):  # else Japanese or Korean
                 zh_score = han / max(letters, 1)
                 if zh_score >= cfg.zh_min_cjk_ratio:
                     return "zh", round(zh_score, 4)
     if not letters:
         return "other", 1.0
 
-    prose_words = latin_words if prose_text is sample else _LATIN_WORD_RE.findall(prose_text.lower())
+    prose_words = latin_words if prose_text is sample else _LATIN_SCRIPT_WORD_RE.findall(prose_text.lower())
     ratios = function_word_ratios(prose_words if len(prose_words) >= 20 else latin_words)  # too few: all words
     latin_share = min(latin_letters / letters, 1.0)
     en = ratios["en"]

@@ -30,6 +30,11 @@ The Python work per document is a few list operations, so the cost is that of th
 about 35-45 µs for a 2 KB document on one core, against about 1 ms for ``datasketch``
 (``benchmarks/minhash_vs_datasketch.py``).
 
+Memory is bounded whatever the input: the passes take ~20 bytes per character, so a text longer
+than one group (a 100 MB file read whole) goes through in windows of 128k characters, a word
+running across a cut joined and the last ngram-1 words of a window carried into the next. Its
+words, shingles and signature are exactly those of the unwindowed computation.
+
 Every random parameter comes from a SplitMix64 stream of ``seed``, so a text gets the same
 signature in every process, run, batch composition and numpy version.
 """
@@ -38,10 +43,11 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import Iterator
 
 import numpy as np
 
-from lmforge.data.steps.text import CJK_RE
+from lmforge.data.steps.text import CJK_CHARS, LETTER_DIGIT_RUN_RE
 
 _SEPARATOR, _WORD, _CJK = 0, 1, 2
 _MAX_CODE_POINT = 0x110000
@@ -52,9 +58,9 @@ _EMPTY = np.uint32(0xFFFFFFFF)  # every slot of the signature of a document with
 # Shingles per (num_perm, shingles) matrix: 8k x 128 x 4 bytes = 4 MiB; numpy's per-row loop
 # overhead makes narrower blocks slower, wider ones fall out of cache (measured on EPYC).
 _CHUNK_SHINGLES = 8192
-# Characters tokenized in one go (a longer text goes alone). Measured on a 2-core EPYC: 128k
-# is fastest; 1M is ~1.6x slower (the ~20 bytes/char of temporaries fall out of cache), 16k
-# ~1.5x slower (numpy's per-call overhead dominates).
+# Characters tokenized in one go; a longer text goes alone, in windows of this size. Measured
+# on a 2-core EPYC: 128k is fastest; 1M is ~1.6x slower (the ~20 bytes/char of temporaries fall
+# out of cache), 16k ~1.5x slower (numpy's per-call overhead dominates).
 _TOKENIZE_CHARS = 1 << 17
 # Characters whose shingles are min-hashed in one go: bounds the shingle arrays.
 _SIGNATURE_CHARS = 1 << 22
@@ -96,13 +102,13 @@ def fmix32(h: np.ndarray) -> np.ndarray:
 def _char_table() -> tuple[np.ndarray, str]:
     """Per code point: its lowercase (as ``str.lower``) and the class ``words()`` gives that.
 
-    Classes come from the regular expressions ``text.words()`` uses (``[^\\W_]`` is a letter or
-    digit, CJK characters are words on their own), so the two agree by construction; the test
-    suite checks it on the real corpora. Also returns the characters whose lowercase is not one
+    Classes come from the regular expressions ``text.words()`` uses (``LETTER_DIGIT_RUN_RE``
+    for runs of letters/digits, ``CJK_CHARS`` for characters that are words on their own), so
+    the two agree by construction; the test suite checks it on the real corpora. Also returns the characters whose lowercase is not one
     context-free code point ("İ" -> "i̇", final "Σ" -> "ς"): a batch containing one is lowercased
-    by Python instead. About 0.5 s, once per process.
+    by Python instead. About 0.35 s, once per process.
     """
-    every_char = "".join(map(chr, range(_MAX_CODE_POINT)))
+    every_char = np.arange(_MAX_CODE_POINT, dtype="<u4").tobytes().decode("utf-32-le", "surrogatepass")
     lowered = np.arange(_MAX_CODE_POINT, dtype=np.uint32)
     special = []
     for c in range(_MAX_CODE_POINT):
@@ -113,8 +119,9 @@ def _char_table() -> tuple[np.ndarray, str]:
             else:
                 lowered[c] = ord(lower)
     classes = np.zeros(_MAX_CODE_POINT, np.uint32)
-    classes[[m.start() for m in re.finditer(r"[^\W_]", every_char)]] = _WORD
-    classes[[m.start() for m in CJK_RE.finditer(every_char)]] = _CJK
+    for cls, run_re in ((_WORD, LETTER_DIGIT_RUN_RE), (_CJK, re.compile(f"[{CJK_CHARS}]+"))):
+        for m in run_re.finditer(every_char):
+            classes[m.start() : m.end()] = cls
     classes = classes[lowered]  # words() classifies the lowercased text
     table = np.where(classes == _SEPARATOR, 0, lowered) | (classes << np.uint32(_CLASS_SHIFT))
     return table, "".join(special)
@@ -179,62 +186,110 @@ class MinHasher:
         self._b = perm[num_perm:].astype(np.uint32)[:, None]
         self._powers = self._inverse_powers = np.ones(0, _U64)
 
-    def _ensure_powers(self, n: int) -> None:
-        """radix^i and radix^-i mod 2^64 for i < n (wrapping uint64 cumprod is exact mod 2^64)."""
-        if len(self._powers) >= n:
-            return
-        n = max(n, _TOKENIZE_CHARS + 1)
-        inverse = pow(self._radix, -1, 2**64)
-        self._powers = np.concatenate([[_U64(1)], np.cumprod(np.full(n - 1, self._radix, _U64))])
-        self._inverse_powers = np.concatenate([[_U64(1)], np.cumprod(np.full(n - 1, inverse, _U64))])
+    def _power_tables(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """radix^i and radix^-i mod 2^64 for i < n (wrapping uint64 cumprod is exact mod 2^64).
 
-    # -- shingles --------------------------------------------------------------------------
+        Batches hold at most ``_TOKENIZE_CHARS`` characters and longer texts are hashed in
+        windows of that size, so the tables kept on the hasher stay at ``2 * _TOKENIZE_CHARS + 1``
+        entries, 4 MiB (twice: lowercasing "İ" gives two code points); a larger request would
+        be computed and not kept.
+        """
+        if len(self._powers) < n:
+            cap = 2 * _TOKENIZE_CHARS + 1
+            size = max(n, cap)
+            inverse = pow(self._radix, -1, 2**64)
+            powers = np.concatenate([[_U64(1)], np.cumprod(np.full(size - 1, self._radix, _U64))])
+            inverse_powers = np.concatenate([[_U64(1)], np.cumprod(np.full(size - 1, inverse, _U64))])
+            if size > cap:
+                return powers[:n], inverse_powers[:n]
+            self._powers, self._inverse_powers = powers, inverse_powers
+        return self._powers[:n], self._inverse_powers[:n]
+
+    def _span_hashes(self, entries: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+        """Polynomial hash of every span ``entries[bounds[i]:bounds[i + 1]]`` (bounds ascending).
+
+        sum(c_k * radix^k) over the span's code points (separators have c = 0), for all spans
+        at once: the difference of one prefix sum of c_i * radix^i at the bounds, times
+        radix^-start.
+        """
+        powers, inverse_powers = self._power_tables(len(entries) + 1)
+        weighted = (entries & np.uint32(_CODE_MASK)).astype(_U64) * powers[: len(entries)]
+        prefix = np.zeros(len(entries) + 1, _U64)
+        np.cumsum(weighted, out=prefix[1:])  # wraps mod 2^64, as intended
+        return (prefix[bounds[1:]] - prefix[bounds[:-1]]) * inverse_powers[bounds[:-1]]
+
+    # -- words -----------------------------------------------------------------------------
     def word_hashes(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """64-bit (polynomial) hashes of every text's ``words()``, concatenated, and per-text offsets (D+1).
 
-        A word's hash is the polynomial sum(c_k * radix^k) over its lowercased code points,
-        computed for all words at once from one prefix sum of c_i * radix^i over the batch
-        (separators have c = 0): the difference at the word's bounds, times radix^-start.
+        A word's hash is the polynomial sum(c_k * radix^k) over its lowercased code points.
+        Not finalized: shingles combine these with random multipliers and are finalized.
         """
+        return self._per_text(texts, self._group_word_hashes, self._long_word_hashes, _U64)
+
+    def _group_word_hashes(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``word_hashes`` of texts of at most ``_TOKENIZE_CHARS`` characters together."""
         entries, text_starts = _code_points(texts)
-        self._ensure_powers(len(entries) + 1)
         starts = _word_starts(entries)
         if len(starts) == 0:
             return np.zeros(0, _U64), np.zeros(len(texts) + 1, np.int64)
-        weighted = (entries & np.uint32(_CODE_MASK)).astype(_U64) * self._powers[: len(entries)]
-        prefix = np.zeros(len(entries) + 1, _U64)
-        np.cumsum(weighted, out=prefix[1:])  # wraps mod 2^64, as intended
-        bounds = np.append(starts, len(entries))
-        hashes = (prefix[bounds[1:]] - prefix[bounds[:-1]]) * self._inverse_powers[starts]
-        offsets = np.searchsorted(starts, text_starts).astype(np.int64)
-        # Not finalized here: shingles combine these with random multipliers and are finalized.
-        return hashes, offsets
+        hashes = self._span_hashes(entries, np.append(starts, len(entries)))
+        return hashes, np.searchsorted(starts, text_starts).astype(np.int64)
 
+    def _long_word_hashes(self, text: str) -> Iterator[np.ndarray]:
+        """The word hashes of one text longer than ``_TOKENIZE_CHARS``, window by window.
+
+        Each window of at most ``_TOKENIZE_CHARS`` characters is hashed like a batch of its
+        own, so memory does not grow with the text. A word running across a cut is joined: its
+        hash is h(head) + radix^len(head) * h(tail), so the words and hashes are those of the
+        whole text. Windows end at a space or line break where their second half has one:
+        lowercasing depends on neighbours only for a final "Σ" (-> "ς"), and whitespace ends
+        that context, so per-window lowercasing equals the whole text's (a Greek word cut
+        mid-word in a text without whitespace might differ in one letter).
+        """
+        window = _TOKENIZE_CHARS
+        pending: int | None = None  # hash of the previous window's last word, which may go on
+        pending_length = 0
+        after_word_char = False  # whether the previous window ended inside a letter/digit run
+        lo = 0
+        while lo < len(text):
+            hi = min(lo + window, len(text))
+            if hi < len(text):
+                space = max(text.rfind(" ", lo + window // 2, hi), text.rfind("\n", lo + window // 2, hi))
+                hi = space if space > lo else hi
+            entries, _ = _code_points([text[lo:hi]])
+            lo = hi
+            starts = _word_starts(entries)
+            classes = entries >> np.uint32(_CLASS_SHIFT)
+            if after_word_char and classes[0] == _WORD and len(starts) and starts[0] == 0:
+                starts = starts[1:]  # no new word: the previous window's last one goes on
+            spans = self._span_hashes(entries, np.concatenate([[0], starts, [len(entries)]]))
+            if pending is not None:  # the part before the first word start continues it
+                pending = (pending + int(spans[0]) * pow(self._radix, pending_length, 2**64)) % 2**64
+                pending_length += int(starts[0]) if len(starts) else len(entries)
+            if len(starts):
+                finished = spans[1:-1] if pending is None else np.concatenate([[_U64(pending)], spans[1:-1]])
+                pending, pending_length = int(spans[-1]), len(entries) - int(starts[-1])
+                yield finished
+            after_word_char = bool(classes[-1] == _WORD)
+        if pending is not None:
+            yield np.array([pending], _U64)
+
+    # -- shingles --------------------------------------------------------------------------
     def shingle_hashes(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """32-bit hashes of every text's shingles, concatenated, and per-text offsets (D+1).
 
         A shingle is ``ngram`` consecutive words of one text; a text with fewer words is one
         shingle of all of them; a text without words has none.
         """
-        parts, counts = [], []
-        for lo, hi in _groups(texts, _TOKENIZE_CHARS):
-            shingles, offsets = self._shingle_hashes(texts[lo:hi])
-            parts.append(shingles)
-            counts.append(np.diff(offsets))
-        offsets = np.zeros(len(texts) + 1, np.int64)
-        if parts:
-            np.cumsum(np.concatenate(counts), out=offsets[1:])
-        return (np.concatenate(parts) if parts else np.zeros(0, np.uint32)), offsets
+        return self._per_text(texts, self._group_shingle_hashes, self._long_shingle_hashes, np.uint32)
 
-    def _shingle_hashes(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        words, offsets = self.word_hashes(texts)
-        n, total_words = self.ngram, len(words)
+    def _group_shingle_hashes(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        words, offsets = self._group_word_hashes(texts)
+        n = self.ngram
         counts = np.diff(offsets)
-        # Combine every window of n words with contiguous slices (no gathers), then pick the
-        # windows that lie inside one text.
-        windows = np.zeros(max(total_words - n + 1, 0), _U64)
-        for k in range(n):
-            windows += words[k : k + len(windows)] * self._word_multipliers[k]
+        # Combine every window of n words at once, then pick the windows inside one text.
+        windows = self._ngram_sums(words)
         shingle_counts = np.where(counts >= n, counts - n + 1, np.minimum(counts, 1))
         shingle_offsets = np.zeros(len(texts) + 1, np.int64)
         np.cumsum(shingle_counts, out=shingle_offsets[1:])
@@ -247,17 +302,77 @@ class MinHasher:
                 present = k < counts[short]
                 short_hash[present] += words[offsets[short[present]] + k] * self._word_multipliers[k]
             shingles[shingle_offsets[short]] = short_hash
+        return self._finalize(shingles), shingle_offsets
+
+    def _long_shingle_hashes(self, text: str) -> Iterator[np.ndarray]:
+        """The shingle hashes of one text longer than ``_TOKENIZE_CHARS``, window by window.
+
+        The last ngram-1 words of each window are carried into the next, so every shingle
+        across a cut is there, once: the shingles are those of the whole text.
+        """
+        keep = self.ngram - 1
+        carried, total = np.zeros(0, _U64), 0
+        for words in self._long_word_hashes(text):
+            total += len(words)
+            carried = np.concatenate([carried, words])
+            if len(carried) >= self.ngram:
+                yield self._finalize(self._ngram_sums(carried))
+                carried = carried[len(carried) - keep :]
+        if 0 < total < self.ngram:  # fewer than n words in all: one shingle of them
+            yield self._finalize((carried * self._word_multipliers[: len(carried)]).sum(dtype=_U64)[None])
+
+    def _ngram_sums(self, words: np.ndarray) -> np.ndarray:
+        """sum_k words[i + k] * multiplier_k for every window of ``ngram`` consecutive words,
+        with contiguous slices (no gathers)."""
+        windows = np.zeros(max(len(words) - self.ngram + 1, 0), _U64)
+        for k in range(self.ngram):
+            windows += words[k : k + len(windows)] * self._word_multipliers[k]
+        return windows
+
+    def _finalize(self, sums: np.ndarray) -> np.ndarray:
         # The high half of a multilinear hash with random multipliers is universal; the 32-bit
         # finalizer then spreads it, as datasketch premixes before its affine permutations.
-        return fmix32(((shingles + self._salt) >> _U64(32)).astype(np.uint32)), shingle_offsets
+        return fmix32(((sums + self._salt) >> _U64(32)).astype(np.uint32))
+
+    def _per_text(self, texts: list[str], group_fn, long_fn, dtype) -> tuple[np.ndarray, np.ndarray]:
+        """``group_fn`` over batches of ``_TOKENIZE_CHARS`` characters and ``long_fn`` (window
+        by window) over each longer text, joined: values concatenated, per-text offsets (D+1)."""
+        parts, counts = [np.zeros(0, dtype)], [np.zeros(0, np.int64)]
+        for lo, hi in _groups(texts, _TOKENIZE_CHARS):
+            if len(texts[lo]) > _TOKENIZE_CHARS:  # _groups puts such a text alone
+                values = np.concatenate([np.zeros(0, dtype), *long_fn(texts[lo])])
+                parts.append(values)
+                counts.append(np.array([len(values)], np.int64))
+            else:
+                values, offsets = group_fn(texts[lo:hi])
+                parts.append(values)
+                counts.append(np.diff(offsets))
+        offsets = np.zeros(len(texts) + 1, np.int64)
+        np.cumsum(np.concatenate(counts), out=offsets[1:])
+        return np.concatenate(parts), offsets
 
     # -- signatures ------------------------------------------------------------------------
     def signatures(self, texts: list[str]) -> np.ndarray:
         """``(len(texts), num_perm)`` uint32 signatures; a text without words gets all 0xFFFFFFFF."""
         out = np.empty((len(texts), self.num_perm), np.uint32)
-        for lo, hi in _groups(texts, _SIGNATURE_CHARS):
-            out[lo:hi] = self._signatures(texts[lo:hi])
+        short = []
+        for i, text in enumerate(texts):
+            if len(text) > _TOKENIZE_CHARS:  # window by window: a 100 MB text costs no more memory than a page
+                out[i] = self._long_signature(text)
+            else:
+                short.append(i)
+        short_texts = [texts[i] for i in short]
+        for lo, hi in _groups(short_texts, _SIGNATURE_CHARS):
+            out[short[lo:hi]] = self._signatures(short_texts[lo:hi])
         return out
+
+    def _long_signature(self, text: str) -> np.ndarray:
+        signature = np.full(self.num_perm, _EMPTY, np.uint32)
+        for shingles in self._long_shingle_hashes(text):
+            for lo in range(0, len(shingles), _CHUNK_SHINGLES):
+                block = self._a * shingles[None, lo : lo + _CHUNK_SHINGLES] + self._b
+                np.minimum(signature, block.min(axis=1), out=signature)
+        return signature
 
     def _signatures(self, texts: list[str]) -> np.ndarray:
         shingles, offsets = self.shingle_hashes(texts)
@@ -283,14 +398,16 @@ class MinHasher:
         return signature.T
 
 
-def _groups(texts: list[str], max_chars: int):
-    """Consecutive ``(lo, hi)`` ranges of texts of about ``max_chars`` characters together."""
+def _groups(texts: list[str], max_chars: int) -> Iterator[tuple[int, int]]:
+    """Consecutive ``(lo, hi)`` ranges of texts of at most ``max_chars`` characters together
+    (separators counted); a longer text is a range of its own."""
     lo, chars = 0, 0
     for i, text in enumerate(texts):
-        chars += len(text) + 1
-        if chars >= max_chars:
-            yield lo, i + 1
-            lo, chars = i + 1, 0
+        size = len(text) + 1
+        if chars and chars + size > max_chars:
+            yield lo, i
+            lo, chars = i, 0
+        chars += size
     if lo < len(texts):
         yield lo, len(texts)
 

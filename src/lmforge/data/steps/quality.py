@@ -6,9 +6,9 @@ the drop reason, so the funnel report says which rule removed what:
 * ``length_filter``: minimum/maximum characters, words and mean line width (reasons
   ``too_short``, ``mean_line_too_short``, ...).
 * ``gopher_quality``: Gopher's quality rules (Rae et al. 2021, appendix A): word count, mean
-  word length, ``#``/ellipsis per word, bullet and ellipsis lines, words with letters, stop
+  word length, ``#``/ellipsis per word, bullet and ellipsis lines, words that are not numbers, stop
   words (``gopher_too_few_words``, ``gopher_stop_words``, ...).
-* ``script_ratio``: CJK share for Chinese, digit and symbol shares for all (``script_cjk_ratio``,
+* ``script_ratio``: Han share for Chinese, digit and symbol shares for all (``script_cjk_ratio``,
   ``script_digit_ratio``, ``script_symbol_ratio``).
 * ``c4_filter``: C4's rules (Raffel et al. 2020, section 2.2): removes lines without terminal
   punctuation, short lines, "javascript" and cookie/policy lines; drops "lorem ipsum" pages,
@@ -47,23 +47,29 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import itertools
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
-
 from lmforge.data.document import Document
 from lmforge.data.pipeline.base import Drop, Step, drop, register_step
-from lmforge.data.steps.text import CJK_CHARS, CJK_RE, words
-
-# A Chinese word averages about 1.5 characters (segmented corpora such as the PKU People's
-# Daily corpus measure 1.5-1.7), so 1.5 CJK characters stand for one English word wherever a
-# rule counts words or n-grams.
-CJK_CHARS_PER_WORD = 1.5
+from lmforge.data.steps.charclass import DIGIT, HAN, SPACE, SYMBOL, char_profile, resolve_lang
+from lmforge.data.steps.repetition import duplicate_fractions
+from lmforge.data.steps.text import (
+    CJK_CHARS,
+    CJK_CHARS_PER_WORD,
+    DIGIT_RE,
+    LETTER_DIGIT_RUN_RE,
+    cjk_count,
+    display_columns,
+    ends_in_terminal,
+    looks_hard_wrapped,
+    nonempty_lines,
+    paragraphs,
+    word_equivalents,
+    words,
+)
 
 # Gopher's stop words (Rae et al. 2021, A.1.1): real English prose uses at least two of them.
 GOPHER_STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]
@@ -73,9 +79,6 @@ GOPHER_STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]
 # medical textbook 14+ (4 in its 80-character last chunk); a keyword-stuffed page has 0-2.
 ZH_FUNCTION_CHARS = list("的了是在和有不这也就都而为以与之于其及被把从对")
 
-# Terminal punctuation, C4's . ! ? " plus ' (FineWeb) and the Chinese/full-width and curly
-# closing marks. "..." and a "…" after a Latin letter are not terminal (see ends_in_terminal).
-TERMINAL_PUNCTUATION = (".", "!", "?", '"', "'", "。", "！", "？", "…", "”", "’", "」", "』", "﹂", "﹄")
 # Lines starting with one of these count as bullet points (Gopher): ASCII list markers and the
 # bullets and dingbats Chinese pages use for lists.
 BULLETS = ("-", "*", "•", "‣", "◦", "▪", "▫", "●", "○", "■", "□", "◆", "◇", "★", "☆", "►", "▶", "➢", "✓", "✔", "※", "·")
@@ -84,17 +87,8 @@ POLICY_PHRASES = [
     "terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies",
     "隐私政策", "隐私条款", "隐私声明", "使用条款", "服务条款", "用户协议", "使用cookie", "cookie政策",
 ]
-# Punctuation of ordinary prose in both scripts, and units (% ‰ ° ℃) and range marks (~) of
-# science text: not symbols for script_ratio. Everything else that is not a letter, digit or
-# space is (#, *, =, |, @, $, <, >, emoji, box drawing, dingbats, private-use characters, ...).
-PROSE_PUNCTUATION = ".,;:!?'\"()[]-–—…/%&~‰°℃" + "。，、；：！？“”‘’（）《》〈〉【】「」『』·～"
 
-_CJK_RUN_RE = re.compile(f"[{CJK_CHARS}]+")
-_CJK_OR_CJK_PUNCT_RE = re.compile(f"[{CJK_CHARS}\u3000-\u303f\uff00-\uffef“”‘’]")
-_LATIN_WORD_RE = re.compile(f"[^\\W_{CJK_CHARS}]+")  # a words() token that is not a CJK character
-_PARAGRAPH_SPLIT_RE = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 _ELLIPSIS_RE = re.compile(r"\.{3,}|…+")
-_DIGIT_RE = re.compile(r"\d")
 # A sentence ends at 。！？ (runs count once), at a Chinese "……", or at . ! ? followed (after
 # closing quotes/brackets) by a space or the end. Abbreviations ("Mr. Smith") over-count a
 # little, which only matters near min_sentences.
@@ -102,134 +96,6 @@ _SENTENCE_END_RE = re.compile(r"[。！？]+|…{2,}|[.!?]+(?=[\"'”’」』)\
 _BLANK_RUN_RE = re.compile(r"\n(?:[ \t]*\n)+")
 
 LineUnit = Literal["auto", "line", "paragraph"]
-
-# Character classes for char_profile (indices into its counts).
-SPACE, DIGIT, CJK, LETTER, PROSE, SYMBOL = range(6)
-
-
-def _char_class(ch: str) -> int:
-    if ch.isspace():
-        return SPACE
-    if ch.isdecimal():  # what the regex \d matches
-        return DIGIT
-    if CJK_RE.match(ch):
-        return CJK
-    if ch in PROSE_PUNCTUATION:
-        return PROSE
-    # Letters, combining marks (part of their letters) and other numbers (Ⅻ ½ ²) are word
-    # material; the rest — S*, P* outside PROSE_PUNCTUATION, C*, "_" — are symbols.
-    return LETTER if unicodedata.category(ch)[0] in "LMN" else SYMBOL
-
-
-@functools.cache
-def _char_class_table() -> np.ndarray:
-    """Class of every code point, as uint8; built once per process (~0.1 s)."""
-    table = np.full(0x110000, SYMBOL, dtype=np.uint8)
-    table[:0x10000] = [_char_class(chr(cp)) for cp in range(0x10000)]
-    # Beyond the BMP, classifying 1M code points one by one would take ~0.5 s; what occurs in
-    # text there is emoji and pictographs (symbols) and rare CJK ideographs (planes 2-3, which
-    # CJK_CHARS leaves out too, so they count as letters of another script here).
-    table[0x20000:0x40000] = LETTER
-    return table
-
-
-def char_profile(text: str) -> np.ndarray:
-    """Counts of SPACE, DIGIT, CJK, LETTER (other scripts), PROSE punctuation and SYMBOL
-    characters in ``text``, via a code-point lookup table: ~20 µs for 2 kB in either script,
-    where a regex per class costs ~100 µs each."""
-    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    return np.bincount(_char_class_table()[codes], minlength=6)
-
-
-def count_cjk(text: str) -> int:
-    """CJK characters in ``text`` (``text.cjk_count``, but matching runs, 3-4x faster on Chinese)."""
-    return 0 if text.isascii() else sum(map(len, _CJK_RUN_RE.findall(text)))
-
-
-def is_mostly_cjk(text: str) -> bool:
-    """True when CJK characters are at least half of the text's letters (CJK included)."""
-    if text.isascii():
-        return False
-    counts = char_profile(text)
-    return 2 * counts[CJK] >= counts[CJK] + counts[LETTER]
-
-
-def resolve_lang(doc: Document) -> str:
-    """``metadata["lang"]`` when set; otherwise "zh" for mostly-CJK text and "en" for the rest."""
-    lang = doc.metadata.get("lang")
-    if isinstance(lang, str) and lang:
-        return lang
-    return "zh" if is_mostly_cjk(doc.text) else "en"
-
-
-def nonempty_lines(text: str) -> list[str]:
-    return [line for line in (raw.strip() for raw in text.split("\n")) if line]
-
-
-def paragraphs(text: str) -> list[str]:
-    """Blank-line separated blocks, stripped, empty ones left out."""
-    return [p for p in (raw.strip() for raw in _PARAGRAPH_SPLIT_RE.split(text)) if p]
-
-
-def duplicate_fractions(items: list[str]) -> tuple[float, float]:
-    """(share of items that repeat an earlier item, share of characters in those repeats).
-
-    The first occurrence is not a duplicate: a document that is one line twice scores 0.5.
-    """
-    if not items:
-        return 0.0, 0.0
-    counts = collections.Counter(items)
-    repeats = len(items) - len(counts)
-    if not repeats:
-        return 0.0, 0.0
-    repeated_chars = sum(len(item) * (n - 1) for item, n in counts.items() if n > 1)
-    return repeats / len(items), repeated_chars / max(1, sum(map(len, items)))
-
-
-def ends_in_terminal(line: str) -> bool:
-    """Whether a stripped line ends a sentence (C4's rule, with Chinese punctuation).
-
-    A trailing "..." marks a truncated line in C4 and is not terminal; "…" is terminal after
-    Chinese ("他说……") and not after a Latin word ("Read more…"), for the same reason.
-    """
-    if not line.endswith(TERMINAL_PUNCTUATION):
-        return False
-    if line.endswith("..."):
-        return False
-    if line.endswith("…"):
-        body = line.rstrip("…")
-        return bool(body) and _CJK_OR_CJK_PUNCT_RE.match(body[-1]) is not None
-    return True
-
-
-def looks_hard_wrapped(text: str, min_soft_frac: float = 0.4, min_line_chars: int = 40) -> bool:
-    """Whether ``text`` is prose broken into lines of a fixed width (e-mail, Gutenberg books).
-
-    True when at least ``min_soft_frac`` of the breaks between two non-blank lines (and 3+ of
-    them) are soft: the line before is at least ``min_line_chars`` long (wrapped lines fill most
-    of the width, 60-80 characters) and the line after starts with a lowercase Latin letter
-    (the sentence goes on). Verse starts lines with capitals; lists have short items; Chinese
-    has no case, so Chinese text is never taken for wrapped.
-    """
-    breaks = soft = 0
-    previous_length = 0  # stripped length of the previous line; 0 = blank
-    for line in text.split("\n"):  # a loop over lines is cheaper here than two regex scans
-        stripped = line.strip()
-        if stripped and previous_length:
-            breaks += 1
-            soft += previous_length >= min_line_chars and "a" <= stripped[0] <= "z"
-        previous_length = len(stripped)
-    return breaks >= 3 and soft >= min_soft_frac * breaks
-
-
-def word_equivalents(n_words: int, n_cjk: int, cjk_chars_per_word: float) -> float:
-    """``words()`` count with each CJK character worth 1/cjk_chars_per_word of a word."""
-    return n_words - n_cjk + n_cjk / cjk_chars_per_word
-
-
-def display_columns(line: str) -> int:
-    """Width of a line in a terminal: CJK characters take two columns."""
-    return len(line) + count_cjk(line)
 
 
 def _check_fraction(config: object, *names: str) -> None:
@@ -359,7 +225,7 @@ class LengthFilter(Step):
         if cfg.min_mean_line_columns or cfg.max_mean_line_columns is not None:
             lines = nonempty_lines(text)
             # CJK characters are never spaces, so counting them in the whole text is exact.
-            mean = (sum(map(len, lines)) + count_cjk(text)) / max(1, len(lines))
+            mean = (sum(map(len, lines)) + cjk_count(text)) / max(1, len(lines))
             if mean < cfg.min_mean_line_columns:
                 return drop("mean_line_too_short")
             if cfg.max_mean_line_columns is not None and mean > cfg.max_mean_line_columns:
@@ -379,10 +245,17 @@ class GopherQualityConfig(ProseFilterSettings):
     for Chinese) is outside [min_mean_word_length, max_mean_word_length]; "#" or ellipses
     ("...", "…", "……") per word exceed max_symbol_word_ratio; more than max_bullet_lines_frac
     of its lines start with a bullet or more than max_ellipsis_lines_frac end with an ellipsis;
-    fewer than min_alpha_words_frac of its words contain a letter (CJK counts); or it contains
-    fewer than min_stop_words distinct words of stop_words (English, and untagged non-CJK
-    documents) or zh_min_stop_words of zh_stop_words (Chinese). Documents tagged with another
-    language skip the stop-word rule: the lists are English and Chinese.
+    fewer than min_alpha_words_frac of its words are not pure numbers (gopher_alpha_words, see
+    below); or it contains fewer than min_stop_words distinct words of stop_words (English, and
+    untagged non-CJK documents) or zh_min_stop_words of zh_stop_words (Chinese). Documents
+    tagged with another language skip the stop-word rule: the lists are English and Chinese.
+
+    gopher_alpha_words differs from Gopher's "words with an alphabetic character": Gopher's
+    words are whitespace-separated tokens, so "|", "--" or "$5" count against it. Here words
+    are ``words()`` tokens, which never consist of symbols alone, so only words made of decimal
+    digits count against the rule. Whitespace tokens would not work for Chinese (a sentence
+    without spaces is one token); pages heavy in symbols are script_ratio's max_symbol_ratio's
+    to drop, and "#" and ellipses are counted by max_symbol_word_ratio here.
     """
 
     min_words: int = 50  # Gopher
@@ -392,7 +265,7 @@ class GopherQualityConfig(ProseFilterSettings):
     max_symbol_word_ratio: float = 0.1  # Gopher, for "#" and for ellipses separately
     max_bullet_lines_frac: float = 0.9  # Gopher
     max_ellipsis_lines_frac: float = 0.3  # Gopher
-    min_alpha_words_frac: float = 0.8  # Gopher
+    min_alpha_words_frac: float = 0.8  # Gopher's threshold (on words that are not numbers: see above)
     stop_words: list[str] = field(default_factory=lambda: list(GOPHER_STOP_WORDS))
     min_stop_words: int = 2  # Gopher
     zh_stop_words: list[str] = field(default_factory=lambda: list(ZH_FUNCTION_CHARS))
@@ -439,7 +312,7 @@ class GopherQuality(_ProseFilter):
             return doc
         text = doc.text
         tokens = words(text)
-        n_cjk = count_cjk(text)  # every CJK character is one token
+        n_cjk = cjk_count(text)  # every CJK character is one token
         n_words = word_equivalents(len(tokens), n_cjk, cfg.cjk_chars_per_word)
         if n_words < cfg.min_words:
             return drop("gopher_too_few_words")
@@ -461,7 +334,8 @@ class GopherQuality(_ProseFilter):
                 return drop("gopher_bullet_lines")
             if sum(u.endswith(("...", "…")) for u in units) > cfg.max_ellipsis_lines_frac * len(units):
                 return drop("gopher_ellipsis_lines")
-        n_numbers = sum(map(str.isdigit, tokens)) if _DIGIT_RE.search(text) else 0
+        # words() never yields a symbol-only token: the words without letters are numbers.
+        n_numbers = sum(map(str.isdecimal, tokens)) if DIGIT_RE.search(text) else 0
         if len(tokens) - n_numbers < cfg.min_alpha_words_frac * len(tokens):
             return drop("gopher_alpha_words")
         if lang in ("zh", "en"):
@@ -479,13 +353,14 @@ class GopherQuality(_ProseFilter):
 class ScriptRatioConfig:
     """Character-class shares, over the non-whitespace characters of a document.
 
-    Chinese documents (tagged "zh", or untagged with mostly CJK letters) are dropped when CJK
-    characters are under zh_min_cjk_ratio; every document when digits are over
+    Chinese documents (tagged "zh", or untagged with mostly CJK letters) are dropped when Han
+    characters (``text.HAN_CHARS``: kana and Hangul do not count, so Japanese or Korean text
+    tagged zh is dropped) are under zh_min_cjk_ratio; every document when digits are over
     max_digit_ratio or symbols over max_symbol_ratio. A symbol is any character that is not
     a letter (of any script), digit, space or PROSE_PUNCTUATION. 0 / 1 turn a rule off.
     """
 
-    # Chinese prose is ~85% CJK (the rest punctuation); the shared samples go down to 0.67
+    # Chinese prose is ~85% Han (the rest punctuation); the shared samples go down to 0.67
     # (medical text with Latin names and doses). Under half means tables, code or English with
     # a Chinese caption.
     zh_min_cjk_ratio: float = 0.5
@@ -504,7 +379,7 @@ class ScriptRatioConfig:
 
 @register_step("script_ratio")
 class ScriptRatio(Step):
-    """Drop documents with too few CJK characters (Chinese) or too many digits or symbols."""
+    """Drop documents with too few Han characters (Chinese) or too many digits or symbols."""
 
     Config = ScriptRatioConfig
 
@@ -522,7 +397,7 @@ class ScriptRatio(Step):
             return drop("script_digit_ratio")
         if counts[SYMBOL] > cfg.max_symbol_ratio * visible:
             return drop("script_symbol_ratio")
-        if lang == "zh" and counts[CJK] < cfg.zh_min_cjk_ratio * visible:
+        if lang == "zh" and counts[HAN] < cfg.zh_min_cjk_ratio * visible:
             return drop("script_cjk_ratio")
         return doc
 
@@ -637,8 +512,8 @@ class C4Filter(_ProseFilter):
         if cfg.remove_no_terminal_punct and not ends_in_terminal(unit):
             return "no_terminal_punct"
         if cfg.min_words_per_line:
-            n_cjk = count_cjk(unit)
-            n_latin = len(_LATIN_WORD_RE.findall(unit))
+            n_cjk = cjk_count(unit)
+            n_latin = len(LETTER_DIGIT_RUN_RE.findall(unit))
             if n_latin + n_cjk / cfg.cjk_chars_per_word < cfg.min_words_per_line:
                 return "too_few_words"
         if has_javascript and "javascript" in unit_lower:
@@ -702,7 +577,7 @@ class FineWebFilter(_ProseFilter):
             return drop("fineweb_short_line_frac")
         if duplicate_fractions(units)[1] > cfg.max_dup_line_char_frac:
             return drop("fineweb_dup_line_char_frac")
-        n_words = word_equivalents(len(words(text)), count_cjk(text), cfg.cjk_chars_per_word)
+        n_words = word_equivalents(len(words(text)), cjk_count(text), cfg.cjk_chars_per_word)
         if len(units) > cfg.max_lines_per_word * n_words:
             return drop("fineweb_list_ratio")
         return doc

@@ -26,6 +26,7 @@ Usage::
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -34,15 +35,8 @@ import numpy as np
 
 from lmforge.data.document import Document
 from lmforge.data.pipeline.base import Drop, Step, drop, register_step
-from lmforge.data.steps.quality import (
-    CJK_CHARS_PER_WORD,
-    duplicate_fractions,
-    is_mostly_cjk,
-    nonempty_lines,
-    paragraphs,
-    resolve_lang,
-)
-from lmforge.data.steps.text import words
+from lmforge.data.steps.charclass import is_mostly_cjk, resolve_lang
+from lmforge.data.steps.text import CJK_CHARS_PER_WORD, nonempty_lines, paragraphs, words
 
 # Multiplier of the rolling n-gram hash; the values wrap around modulo 2**64 (numpy uint64).
 _HASH_BASE = np.uint64(1_000_003)
@@ -51,6 +45,21 @@ _DOC_SALT = np.uint64(0x9E3779B97F4A7C15)
 # Words per vectorized group in ngram_repetition: big enough to amortize numpy's per-call cost,
 # small enough for the sorts to stay in cache (measured: 8-32k words about equally fast).
 _GROUP_TOKENS = 1 << 14
+
+
+def duplicate_fractions(items: list[str]) -> tuple[float, float]:
+    """(share of items that repeat an earlier item, share of characters in those repeats).
+
+    The first occurrence is not a duplicate: a document that is one line twice scores 0.5.
+    """
+    if not items:
+        return 0.0, 0.0
+    counts = collections.Counter(items)
+    repeats = len(items) - len(counts)
+    if not repeats:
+        return 0.0, 0.0
+    repeated_chars = sum(len(item) * (n - 1) for item, n in counts.items() if n > 1)
+    return repeats / len(items), repeated_chars / max(1, sum(map(len, items)))
 
 
 def ngram_repetition(

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from lmforge.data.document import DataError, Document
 from lmforge.data.pipeline.base import Drop, Step, StepContext, drop, register_step
-from lmforge.data.steps.text import CJK_RE, words
+from lmforge.data.steps.text import ASCII_DIGIT_RE, CJK_RE, words
 
 WORDLIST_DIR = Path(__file__).resolve().parent / "wordlists"
 ACTIONS = ("drop", "flag")
@@ -248,7 +248,6 @@ _IPV6_HINT_RE = re.compile(r":[0-9A-Fa-f]{0,4}:")
 _IPV6_CANDIDATE_RE = re.compile(
     r"(?<![\w:.])(?=[0-9A-Fa-f]*:[0-9A-Fa-f]*:)[0-9A-Fa-f:]{2,39}(?:(?<=:)(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])"
 )
-_DIGIT_RE = re.compile(r"[0-9]")
 _CIDR_PREFIX_RE = re.compile(r"/(\d{1,2})(?!\d)")
 # characters that may not come right before a match of each kind (it would be part of something longer)
 _NOT_AFTER = {
@@ -313,7 +312,7 @@ class Pii(Step):
             text = self._redact_emails(text)
         if cfg.ip and _IPV6_HINT_RE.search(text):
             text = self._sub("ip", _IPV6_CANDIDATE_RE, text, _valid_ipv6)
-        if not _DIGIT_RE.search(text):
+        if not ASCII_DIGIT_RE.search(text):
             return text  # the other kinds are numbers (a Chinese novel may have no ASCII digit at all)
         if cfg.id_number:
             text = self._sub("id_number", _ID_NUMBER_RE, text, _valid_id_match)
