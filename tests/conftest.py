@@ -28,3 +28,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data samples not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def show(capsys):
+    """``print`` that reaches the terminal even under pytest's output capture: for the figures a
+    test exists to report (precision and recall of planted duplicates and leaks)."""
+
+    def _show(*args, **kwargs) -> None:
+        with capsys.disabled():
+            print(*args, **kwargs)
+
+    return _show

@@ -97,7 +97,7 @@ def _leaks(shared: Path, rng: random.Random) -> list[tuple[str, str]]:
     return gsm8k + rng.sample(cmmlu, 200)
 
 
-def test_planted_leaks_precision_recall(shared_data, tmp_path):
+def test_planted_leaks_precision_recall(shared_data, tmp_path, show):
     rng = random.Random(0)
     clean = [c for f in sorted((shared_data / "pretrain").glob("*.txt")) for c in _chunks(f)]
     leaks = _leaks(shared_data, rng)
@@ -125,10 +125,10 @@ def test_planted_leaks_precision_recall(shared_data, tmp_path):
     precision = true_pos / max(len(dropped), 1)
     recall = true_pos / len(truth)
     per_form = {f: np.mean([i in dropped for i, (_, g) in truth.items() if g == f]) for f in FORMS}
-    print(f"\ndecontaminate: {len(docs)} ~2 KB chunks of the pretrain samples, {len(truth)} with a planted "
+    show(f"\ndecontaminate: {len(docs)} ~2 KB chunks of the pretrain samples, {len(truth)} with a planted "
           f"GSM8K/CMMLU leak: precision {precision:.3f}, recall {recall:.3f}")
-    print("  recall by form: " + ", ".join(f"{f} {r:.3f}" for f, r in per_form.items()))
-    print(f"  counters: {dict(step.counters)}")
+    show("  recall by form: " + ", ".join(f"{f} {r:.3f}" for f, r in per_form.items()))
+    show(f"  counters: {dict(step.counters)}")
     assert per_form["verbatim"] == 1.0
     assert recall == 1.0  # every reformatting here is one NFKC + words() normalizes away
     assert precision == 1.0  # no clean chunk of a novel/textbook/play shares a 13-gram with the evals

@@ -259,33 +259,33 @@ def planted_corpus(originals: list[str], seed: int = 0):
     return shards, planted, np.array(jaccards), np.array(far)
 
 
-def check_planted(originals: list[str], tmp_path: Path, label: str) -> dict:
+def check_planted(originals: list[str], tmp_path: Path, label: str, show=print) -> dict:
     shards, planted, jaccards, far = planted_corpus(originals)
     summary, outputs, _ = run_global_step(MinHashDedup, MinHashDedupConfig(), shards, tmp_path / label)
     dropped = dropped_ids(shards, outputs, "near_duplicate")
     precision = len(dropped & planted) / max(len(dropped), 1)
     recall = len(dropped & planted) / len(planted)
-    print(f"\n[{label}] planted near-duplicates: {len(planted)} (true Jaccard {jaccards.min():.2f}..{jaccards.max():.2f}), "
+    show(f"\n[{label}] planted near-duplicates: {len(planted)} (true Jaccard {jaccards.min():.2f}..{jaccards.max():.2f}), "
           f"far variants {len(far)} (Jaccard {far.min():.2f}..{far.max():.2f}), documents {sum(map(len, shards))}")
-    print(f"[{label}] dropped {len(dropped)}: precision {precision:.3f}, recall {recall:.3f}; "
+    show(f"[{label}] dropped {len(dropped)}: precision {precision:.3f}, recall {recall:.3f}; "
           f"candidate pairs {summary['candidate_pairs']}, linked {summary['linked_pairs']}, "
           f"clusters {summary['clusters']} {summary['cluster_sizes']}")
     top = summary["largest_clusters"][0]
-    print(f"[{label}] largest cluster ({top['size']}): " + " | ".join(f"{m['id']}: {m['preview'][:40]!r}" for m in top["members"]))
+    show(f"[{label}] largest cluster ({top['size']}): " + " | ".join(f"{m['id']}: {m['preview'][:40]!r}" for m in top["members"]))
     assert precision >= 0.95 and recall >= 0.9, (precision, recall)
     assert not any(d.startswith("far-") for d in dropped)
     assert all(o is d for docs, out in zip(shards, outputs) for d, o in zip(docs, out) if d.id not in dropped)
     return summary
 
 
-def test_minhash_dedup_planted_near_duplicates_real_text(shared_data, tmp_path):
-    summary = check_planted(real_documents(shared_data), tmp_path, "shakespeare+novel")
+def test_minhash_dedup_planted_near_duplicates_real_text(shared_data, tmp_path, show):
+    summary = check_planted(real_documents(shared_data), tmp_path, "shakespeare+novel", show)
     assert summary["largest_clusters"][0]["size"] == 4  # an original and its three copies
     assert summary["largest_clusters"][0]["members"][0]["kept"]
 
 
-def test_minhash_dedup_planted_near_duplicates_generated(tmp_path):
-    check_planted(generated_documents(200), tmp_path, "generated")
+def test_minhash_dedup_planted_near_duplicates_generated(tmp_path, show):
+    check_planted(generated_documents(200), tmp_path, "generated", show)
 
 
 def test_minhash_dedup_keep_longest_and_empty(tmp_path):
