@@ -43,6 +43,7 @@ pipeline's ``output.keep_dropped``).
 
 from __future__ import annotations
 
+import abc
 import collections
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,7 +124,7 @@ class Step:
         """Release resources (called once per worker after its last document)."""
 
 
-class GlobalStep(Step):
+class GlobalStep(Step, abc.ABC):
     """A step whose decision needs the whole corpus (exact/near/line deduplication).
 
     The executor runs it in three phases, each resumable:
@@ -147,11 +148,13 @@ class GlobalStep(Step):
 
     shard: int = 0
 
+    @abc.abstractmethod
     def collect(self, docs: list[Document]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """Rows describing these documents (ids, hashes, signatures) for ``decide``."""
 
+    @abc.abstractmethod
     def decide(self, collected: list[Path], work_dir: Path) -> dict:
-        raise NotImplementedError
+        """Read every shard's collected rows, write the decision into ``work_dir``, summarize it."""
 
 
 STEP_TYPES: dict[str, type[Step]] = {}

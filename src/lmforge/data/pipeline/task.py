@@ -62,7 +62,11 @@ def clear_task_outputs(job: dict) -> None:
                 if f.name.startswith((f"{prefix}-", f".{prefix}-")):
                     f.unlink()
     if job["collect"] is not None:
-        collect_path(out, job["collect"]["name"], task).unlink(missing_ok=True)
+        path = collect_path(out, job["collect"]["name"], task)
+        if path.parent.is_dir():
+            for f in path.parent.glob(f".{path.name}.tmp-*"):  # from a run killed while saving
+                f.unlink()
+        path.unlink(missing_ok=True)
 
 
 class _StepRunner:
@@ -157,7 +161,8 @@ def release_steps() -> None:
 def _documents(job: dict, read_stats: ReadStats) -> "iter[Document]":
     source = job["input"]
     if source["kind"] == "work":
-        yield from read_nested_documents(source["path"])
+        if Path(source["path"]).is_file():  # no file: the previous segment kept nothing of this shard
+            yield from read_nested_documents(source["path"])
         return
     reader = job["reader"]
     label = source["label"]
