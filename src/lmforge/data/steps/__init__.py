@@ -12,12 +12,14 @@
 | topics | ``topic`` |
 """
 
-import importlib
-
-# Imported one by one so a step module being absent (a partial checkout) names itself.
-for _module in ("normalize", "langid", "safety", "quality", "repetition", "dedup", "decontam", "scoring", "topics"):
-    try:
-        importlib.import_module(f"lmforge.data.steps.{_module}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"lmforge.data.steps.{_module}":
-            raise
+from lmforge.data.steps import (  # noqa: F401  (each module registers its steps)
+    decontam,
+    dedup,
+    langid,
+    normalize,
+    quality,
+    repetition,
+    safety,
+    scoring,
+    topics,
+)
