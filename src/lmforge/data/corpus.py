@@ -53,10 +53,21 @@ class CorpusConfig:
 
 
 def stdlib_files() -> list[Path]:
-    """The standard library's own .py files (no site-packages, no test suites)."""
+    """The standard library's own .py files (no site-packages, no test suites, no generated
+    codec tables: ~100 files of `0x00e9: 0x00c9,  # LATIN ...` lines that a small model would
+    otherwise learn to recite)."""
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__", "lib2to3"}
-    return sorted(p for p in root.rglob("*.py") if not skip & set(p.relative_to(root).parts))
+    return sorted(
+        p
+        for p in root.rglob("*.py")
+        if not skip & set(p.relative_to(root).parts) and not (p.parent.name == "encodings" and _is_generated_codec(p))
+    )
+
+
+def _is_generated_codec(path: Path) -> bool:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return "gencodec.py" in f.read(2000)  # the generator names itself in the header
 
 
 def man_files(man_dirs: list[str]) -> list[Path]:
