@@ -6,7 +6,8 @@
     {"read": {"documents", "bytes", "bad_lines", ...},
      "steps": [{"name", "type", "docs_in", "docs_out", "bytes_in", "bytes_out", "changed",
                 "skipped", "dropped": {reason: {"docs", "bytes"}}, "examples": {reason: [...]},
-                "counters": {...}, "seconds", "decision": {...} (global steps)}, ...],
+                "counters": {...}, "seconds" (a global step's: collect + decide + apply),
+                "decision": {...} (global steps)}, ...],
      "output": {"documents", "bytes", "files": [...]},
      "totals": {"read", "kept", "dropped"},
      "checks": {"adds_up": true, "problems": []}}
@@ -44,6 +45,14 @@ def _merge_step(total: dict, part: dict, max_examples: int) -> None:
 
 def aggregate_stats(out: Path, cfg, specs, segments, decisions: dict, n_tasks: int, seconds: float) -> dict:
     steps: list[dict] = []
+    # A global step's time is its collect (in the segment before), decide and apply phases.
+    extra_seconds: dict[str, float] = {name: d.get("seconds", 0.0) for name, d in decisions.items()}
+    for s in range(len(segments)):
+        for t in range(n_tasks):
+            task = json.loads(stats_path(out, s, t).read_text(encoding="utf-8"))
+            if task.get("collect"):
+                name = task["collect"]["step"]
+                extra_seconds[name] = extra_seconds.get(name, 0.0) + task["collect"]["seconds"]
     read = {"documents": 0, "bytes": 0, "bad_lines": 0, "bad_examples": [], "files": n_tasks}
     output = {"documents": 0, "bytes": 0, "files": []}
     for s, (seg_steps, _) in enumerate(segments):
@@ -66,7 +75,7 @@ def aggregate_stats(out: Path, cfg, specs, segments, decisions: dict, n_tasks: i
                 output["bytes"] += task["output"]["bytes"]
                 output["files"].extend(task["output"]["files"])
         for entry in entries:
-            entry["seconds"] = round(entry["seconds"], 3)
+            entry["seconds"] = round(entry["seconds"] + extra_seconds.get(entry["name"], 0.0), 3)
             if entry["name"] in decisions:
                 entry["decision"] = decisions[entry["name"]]
         steps.extend(entries)

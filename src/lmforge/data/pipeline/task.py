@@ -215,6 +215,7 @@ def run_task(job: dict, progress: Progress | None = None) -> dict:
     read_stats = ReadStats()
     collected: dict[str, list[np.ndarray]] = {}
     docs_read = 0
+    collect_seconds = 0.0
     t0 = time.perf_counter()
     try:
         batch: list[Document] = []
@@ -233,8 +234,10 @@ def run_task(job: dict, progress: Progress | None = None) -> dict:
             if collector is not None and batch:
                 scoped = batch if collect_languages is None else [d for d in batch if d.metadata.get("lang") in collect_languages]
                 if scoped:
+                    t1 = time.perf_counter()
                     for key, rows in collector.collect(scoped).items():
                         collected.setdefault(key, []).append(np.asarray(rows))
+                    collect_seconds += time.perf_counter() - t1
             for doc in batch:
                 sink.write(_output_document(doc) if job["final"] else doc)
         files = [w.close() for w in writers][-1]
@@ -256,6 +259,7 @@ def run_task(job: dict, progress: Progress | None = None) -> dict:
         "read": {"documents": docs_read, "bad_lines": read_stats.bad_lines, "bad_examples": read_stats.bad_examples}
         if job["input"]["kind"] == "raw" else None,
         "steps": {r.step.name: r.finish() for r in runners},
+        "collect": {"step": collector.name, "seconds": round(collect_seconds, 4)} if collector is not None else None,
         "output": {"files": files, "documents": sum(f["documents"] for f in files), "bytes": sum(f["bytes"] for f in files)},
         "seconds": round(time.perf_counter() - t0, 3),
     }  # fmt: skip
