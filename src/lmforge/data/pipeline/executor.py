@@ -129,7 +129,7 @@ def run_pipeline(
     }  # fmt: skip
     started = time.perf_counter()
     decisions: dict[str, dict] = {}
-    with _Workers(cfg) as workers:
+    with _Workers(cfg, len(files)) as workers:
         for s, (steps, collect) in enumerate(segments):
             if steps and steps[0].is_global and s > 0:
                 decisions[steps[0].name] = _decide(out, steps[0], len(files), base)
@@ -182,9 +182,9 @@ class _Workers:
     tables — is paid once per run, not once per segment.
     """
 
-    def __init__(self, cfg: PipelineConfig) -> None:
+    def __init__(self, cfg: PipelineConfig, n_shards: int) -> None:
         self.cfg = cfg
-        self.size = min(_workers(cfg), max(1, len(expand_paths(cfg.inputs))))  # one shard per file
+        self.size = min(_workers(cfg), max(1, n_shards))  # more workers than shards would idle
         self._pool: ProcessPoolExecutor | None = None
         self._queue = None
 
