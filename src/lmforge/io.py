@@ -30,6 +30,23 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Move a finished directory ``tmp`` to ``out``; an old ``out`` is set aside first and
+    removed only after the rename, so ``out`` is never half old and half new."""
+    import shutil
+
+    tmp, out = Path(tmp), Path(out)
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
 def write_json_atomic(path: str | os.PathLike, data) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 

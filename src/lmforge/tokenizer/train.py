@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
-from lmforge.io import write_json_atomic
+from lmforge.io import replace_dir, write_json_atomic
 
 if TYPE_CHECKING:  # keep `import lmforge.tokenizer.train` light: recipes import this module
     from tokenizers import Tokenizer
@@ -180,7 +180,7 @@ def train_tokenizer(
             "tokenizer_sha256": _sha256_file(tmp / "tokenizer.json"),
         }
         write_json_atomic(tmp / SIDECAR, sidecar)
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -216,18 +216,6 @@ def _write_hf_configs(directory: Path, cfg: TokenizerConfig, specials: list[str]
         directory / "special_tokens_map.json",
         {"eos_token": EOS_TOKEN, "pad_token": EOS_TOKEN, "additional_special_tokens": [IM_START, IM_END]},
     )
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move the finished ``tmp`` to ``out_dir``; an old ``out_dir`` is removed only afterwards."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _sha256_file(path: Path) -> str:

@@ -45,7 +45,7 @@ from typing import Sequence
 import numpy as np
 
 from lmforge.data.steps.text import words
-from lmforge.io import write_json_atomic
+from lmforge.io import replace_dir, write_json_atomic
 
 FORMAT = "lmforge-text-classifier/1"
 WEIGHTS_FILE = "weights.safetensors"
@@ -232,7 +232,7 @@ class TextClassifier:
                 os.fsync(f.fileno())
             meta = {"format": FORMAT, "labels": self.labels, "config": asdict(self.config), "info": self.info}
             write_json_atomic(tmp / META_FILE, meta)
-            _replace_dir(tmp, out)
+            replace_dir(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -260,18 +260,6 @@ class TextClassifier:
             meta["labels"], ClassifierConfig(**meta["config"]), tensors["rows"], tensors["vectors"],
             tensors["weight"], tensors["bias"], meta.get("info"),
         )
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Rename the finished ``tmp`` to ``out``; an old ``out`` is moved aside first, removed after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
