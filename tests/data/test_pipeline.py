@@ -217,3 +217,36 @@ def test_a_shard_emptied_before_a_global_step_is_fine(tmp_path):
     stats = _run(_pipeline(tmp_path))
     assert stats["checks"]["adds_up"] and stats["totals"]["read"] == 122
     assert stats["steps"][0]["dropped"]["too_short"]["docs"] >= 2
+
+
+def test_fingerprint_follows_resource_files_only(tmp_path):
+    from lmforge.data.pipeline.config import build_steps, pipeline_fingerprint, PipelineConfig
+
+    words = tmp_path / "words.txt"
+    words.write_text("badword\n")
+    (tmp_path / "code").mkdir()  # a directory that happens to share a name with a setting's value
+    specs = build_steps([{"type": "langid", "allowed": ["zh", "en", "code"]}, {"type": "unsafe_filter", "extra_word_files": [str(words)]}])
+    before = pipeline_fingerprint(PipelineConfig(), specs, [], tmp_path)
+    (tmp_path / "code" / "unrelated.txt").write_text("x")
+    assert pipeline_fingerprint(PipelineConfig(), specs, [], tmp_path) == before
+    words.write_text("badword\nanother\n")
+    assert pipeline_fingerprint(PipelineConfig(), specs, [], tmp_path) != before
+
+
+def test_output_and_inputs_apart_and_force_deletes_only_pipeline_outputs(tmp_path):
+    _corpus(tmp_path)
+    with pytest.raises(DataError, match="contain one another"):
+        _run(_pipeline(tmp_path, output={"dir": str(tmp_path / "in" / "clean")}))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "precious.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not a pipeline output directory"):
+        _run(_pipeline(tmp_path, output={"dir": str(tmp_path / "mine")}), force=True)
+    assert (tmp_path / "mine" / "precious.txt").is_file()
+
+
+def test_ids_the_reader_would_not_use_are_not_given_back(tmp_path):
+    path = tmp_path / "in" / "a.jsonl"
+    path.parent.mkdir()
+    path.write_text('{"id": null, "text": "first text here"}\n{"id": "", "text": "second text here"}\n')
+    _run(_pipeline(tmp_path, inputs=[str(path)]))
+    assert [d.id for d in read_documents(tmp_path / "out" / "data")] == ["a.jsonl:1", "a.jsonl:2"]

@@ -75,7 +75,7 @@ class StepContext:
     """What a step may need from its surroundings; given to ``setup`` once per worker process.
 
     ``base_dir``: the directory relative resource paths in the step's config are resolved
-    against (the pipeline YAML's directory). ``work_dir``: this step's own scratch directory,
+    against (the working directory of ``lmforge data run``, as for every path in a recipe). ``work_dir``: this step's own scratch directory,
     shared by all workers (where a ``GlobalStep``'s decision lives). ``seed``: the pipeline seed.
     """
 
@@ -95,6 +95,10 @@ class Step:
 
     type_name: ClassVar[str] = ""  # set by @register_step
     Config: ClassVar[type] = NoConfig
+    # Config fields that name files or directories the step reads (word lists, eval sets,
+    # models): their sizes and mtimes join the pipeline's fingerprint, so changing one is
+    # changing the pipeline.
+    resource_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any = None, name: str | None = None) -> None:
         self.config = config if config is not None else self.Config()

@@ -156,35 +156,32 @@ def build_pipeline(raw: dict, marks: Marks | None = None) -> tuple[PipelineConfi
 
 
 def step_resources(specs: list[StepSpec], base_dir: Path) -> dict[str, list]:
-    """Size and mtime of every file a step's settings point to (word lists, eval sets, models).
-
-    Any string setting naming an existing file or directory counts, so a changed resource —
-    not only a changed setting — makes the pipeline a different one.
-    """
+    """Size and mtime of every file the steps' ``resource_fields`` name (word lists, eval sets,
+    models; a directory counts by its files), so a changed resource — not only a changed
+    setting — makes the pipeline a different one."""
     found: dict[str, list] = {}
-
-    def visit(value: Any) -> None:
-        if isinstance(value, dict):
-            for v in value.values():
-                visit(v)
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                visit(v)
-        elif isinstance(value, str) and 0 < len(value) < 4096 and "\n" not in value:
-            path = Path(value).expanduser()
-            path = path if path.is_absolute() else base_dir / path
-            try:
-                if path.is_file():
-                    found[value] = [path.stat().st_size, int(path.stat().st_mtime)]
-                elif path.is_dir():
-                    files = sorted(p for p in path.rglob("*") if p.is_file())[:10_000]
-                    found[value] = [[str(p.relative_to(path)), p.stat().st_size, int(p.stat().st_mtime)] for p in files]
-            except OSError:  # a name too long for the filesystem, a permission problem: not a resource
-                pass
-
     for spec in specs:
-        visit(to_dict(spec.config))
+        for name in step_types()[spec.type].resource_fields:
+            value = getattr(spec.config, name, None)
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(item, (str, Path)) and str(item):
+                    found[f"{spec.name}.{name}:{item}"] = _file_stats(base_dir, Path(item).expanduser())
     return found
+
+
+def _file_stats(base_dir: Path, path: Path, limit: int = 10_000) -> list:
+    path = path if path.is_absolute() else base_dir / path
+    if path.is_file():
+        return [path.stat().st_size, int(path.stat().st_mtime)]
+    if not path.is_dir():
+        return []  # the step itself reports a missing resource, with its own message
+    stats = []
+    for p in path.rglob("*"):
+        if p.is_file():
+            stats.append([str(p.relative_to(path)), p.stat().st_size, int(p.stat().st_mtime)])
+            if len(stats) >= limit:
+                break
+    return sorted(stats)
 
 
 def pipeline_fingerprint(cfg: PipelineConfig, specs: list[StepSpec], files: list[dict], base_dir: Path = Path(".")) -> str:

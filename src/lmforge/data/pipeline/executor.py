@@ -71,9 +71,21 @@ def _workers(cfg: PipelineConfig) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def _check_apart(out: Path, inputs: list[Path]) -> None:
+    """The output directory and the inputs must not contain one another: outputs would be read
+    as inputs on the next run, and --force would delete inputs."""
+    out = out.resolve()
+    for p in inputs:
+        p = p.resolve()
+        if out == p or out.is_relative_to(p) or p.is_relative_to(out):
+            raise DataError(f"{out}: the output directory and the input {p} contain one another; choose another output.dir")
+
+
 def _check_or_start(out: Path, fingerprint: str, meta: dict, force: bool) -> None:
     marker = out / "pipeline.json"
     if force and out.exists():
+        if any(out.iterdir()) and not marker.is_file():
+            raise DataError(f"{out}: not a pipeline output directory (no pipeline.json); --force deletes only those")
         shutil.rmtree(out)
     if marker.is_file():
         previous = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
@@ -108,6 +120,7 @@ def run_pipeline(
             raise DataError(f"{f}: listed more than once among the inputs (directly, through a directory or a link)")
         seen[f.resolve()] = f
     out = Path(cfg.output.dir)
+    _check_apart(out, [Path(p) for p in cfg.inputs])
     file_info = [{"path": str(f.resolve()), "bytes": f.stat().st_size, "mtime": int(f.stat().st_mtime)} for f in files]
     fingerprint = pipeline_fingerprint(cfg, specs, file_info, Path(base_dir))
     meta = {"fingerprint": fingerprint, "name": cfg.name, "config": to_dict(cfg), "files": file_info}
@@ -139,7 +152,10 @@ def run_pipeline(
                     source = {"kind": "raw", "path": str(f), "label": label, "bytes": f.stat().st_size}
                 else:  # the text bytes the previous segment wrote for this shard
                     previous = json.loads(stats_path(out, s - 1, t).read_text(encoding="utf-8"))
-                    source = {"kind": "work", "path": str(work_file(out, s - 1, t)), "bytes": previous["output"]["bytes"]}
+                    source = {
+                        "kind": "work", "path": str(work_file(out, s - 1, t)),
+                        "bytes": previous["output"]["bytes"], "documents": previous["output"]["documents"],
+                    }  # fmt: skip
                 jobs.append({
                     **base, "segment": s, "task": t, "input": source, "final": s == len(segments) - 1,
                     "steps": [spec_to_dict(x) for x in steps], "collect": spec_to_dict(collect) if collect else None,

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from lmforge.data.document import Document
+from lmforge.data.document import DataError, Document
 from lmforge.data.pipeline.base import Drop, GlobalStep, Step, StepContext
 from lmforge.data.pipeline.config import specs_from_dicts
 from lmforge.data.readers import ReadStats, read_documents
@@ -161,8 +161,10 @@ def release_steps() -> None:
 def _documents(job: dict, read_stats: ReadStats) -> "iter[Document]":
     source = job["input"]
     if source["kind"] == "work":
-        if Path(source["path"]).is_file():  # no file: the previous segment kept nothing of this shard
+        if Path(source["path"]).is_file():
             yield from read_nested_documents(source["path"])
+        elif source["documents"]:  # no file is fine only when the previous segment kept nothing
+            raise DataError(f"{source['path']}: missing, but its shard is marked done with {source['documents']} documents; rerun with --force")
         return
     reader = job["reader"]
     label = source["label"]
@@ -178,8 +180,10 @@ def _documents(job: dict, read_stats: ReadStats) -> "iter[Document]":
 
 
 def _output_document(doc: Document) -> Document:
-    """The document as written to the clean shards: with its record's own id where it had one."""
-    if "id" not in doc.metadata:
+    """The document as written to the clean shards: with its record's own id where it had one
+    (by the readers' rule: a string or an integer; an empty string is none)."""
+    own = doc.metadata.get("id")
+    if not isinstance(own, (str, int)) or own == "":
         return doc
     metadata = dict(doc.metadata)
     return Document(str(metadata.pop("id")), doc.text, metadata)

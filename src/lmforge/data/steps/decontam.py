@@ -321,6 +321,7 @@ class NgramIndex:
 # --- the step ---------------------------------------------------------------------------------
 @register_step("decontaminate")
 class Decontaminate(Step):
+    resource_fields = ("eval_sets",)
     """Drop or flag documents sharing n-grams with evaluation sets (see the module docstring)."""
 
     Config = DecontaminateConfig

@@ -125,7 +125,7 @@ def compile_wordlist(name: str, terms: list[str]) -> _WordList:
 class UnsafeFilterConfig:
     # shipped word lists by name (lmforge/data/steps/wordlists/<name>.txt); [] uses none of them
     wordlists: list[str] = field(default_factory=lambda: ["unsafe_en", "unsafe_zh"])
-    # more word-list files in the same format (paths relative to the pipeline file)
+    # more word-list files in the same format (paths relative to the working directory)
     extra_word_files: list[str] = field(default_factory=list)
     # more terms given inline (same rules as a list file's lines)
     extra_words: list[str] = field(default_factory=list)
@@ -159,6 +159,7 @@ class UnsafeFilterConfig:
 
 @register_step("unsafe_filter")
 class UnsafeFilter(Step):
+    resource_fields = ("extra_word_files",)
     Config = UnsafeFilterConfig
 
     def setup(self, ctx: StepContext) -> None:

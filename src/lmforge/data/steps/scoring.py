@@ -222,6 +222,7 @@ class PerplexityConfig:
 
 @register_step("perplexity")
 class Perplexity(Step):
+    resource_fields = ("model", "tokenizer")
     """Writes metadata ppl / bpb from a reference LM; optional bpb filters."""
 
     Config = PerplexityConfig
@@ -274,6 +275,7 @@ class QualityClassifierConfig:
 
 @register_step("quality_classifier")
 class QualityClassifier(Step):
+    resource_fields = ("model",)
     """Writes metadata["quality_score"] = P(positive) from a fastText-style classifier."""
 
     Config = QualityClassifierConfig

@@ -237,6 +237,7 @@ class TopicConfig:
 
 @register_step("topic")
 class Topic(Step):
+    resource_fields = ("model", "keywords")
     """Writes metadata["topic"] and ["topic_scores"]; optional ``keep`` filter (reason topic_<label>)."""
 
     Config = TopicConfig
