@@ -147,3 +147,14 @@ def test_default_pipeline_on_the_shared_corpora(shared_data, tmp_path):
     report = (out / "report.md").read_text()
     assert f"✓ documents read = kept + dropped: {totals['read']:,} = {totals['kept']:,} + {totals['dropped']:,}" in report
     assert (out / "funnel.png").stat().st_size > 10_000
+
+
+def test_a_big_jsonl_file_is_cut_into_shards_with_the_same_result(tmp_path):
+    inputs = _corpus(tmp_path / "in", files=2, docs=120)
+    whole = _run(tmp_path, inputs, tmp_path / "whole", workers=1)
+    cfg, specs = load_pipeline(_write_pipeline(tmp_path, tmp_path / "cut", workers=2), ["shard_bytes=20000"])
+    cfg.inputs = [str(inputs)]
+    cut = run_pipeline(cfg, specs, show_progress=False)
+    assert cut["read"]["files"] == 2 and cut["read"]["shards"] > 4  # each file became several shards
+    assert _kept(tmp_path / "cut") == _kept(tmp_path / "whole")
+    assert cut["totals"] == whole["totals"] and cut["checks"]["adds_up"]

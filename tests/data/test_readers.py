@@ -265,3 +265,25 @@ def test_datasets_save_to_disk_directories(tmp_path):
     order = json.loads((tmp_path / "dd" / "dataset_dict.json").read_text())["splits"]
     expected = {"train": ["t1", "t2"], "test": ["e1"]}
     assert [d.text for d in read_documents(tmp_path / "dd")] == [t for split in order for t in expected[split]]
+
+
+def test_jsonl_byte_ranges_read_every_record_once_with_its_line_number(tmp_path):
+    from lmforge.data.readers import jsonl_ranges
+
+    path = tmp_path / "big.jsonl"
+    lines = [json.dumps({"text": "x" * (i % 37) + str(i)}) for i in range(500)]
+    lines[10] = ""  # a blank line, still counted in line numbers
+    lines[20] = "{not json"
+    path.write_text("\n".join(lines) + "\n")
+    whole = [(d.id, d.text, d.metadata["line"]) for d in read_documents(path, skip_bad=True)]
+    for target in (1, 100, 997, 4000):
+        ranges = jsonl_ranges(path, target)
+        assert ranges[0].start == 0 and ranges[-1].end == path.stat().st_size
+        assert all(a.end == b.start for a, b in zip(ranges, ranges[1:]))
+        pieces = [(d.id, d.text, d.metadata["line"]) for r in ranges for d in read_documents(path, skip_bad=True, byte_range=r)]
+        assert pieces == whole
+    ranges = jsonl_ranges(path, 100)
+    piece = next(r for r, after in zip(ranges, ranges[1:]) if r.first_line <= 21 < after.first_line)  # holds line 21
+    with pytest.raises(DataError, match=r"big\.jsonl:21: "):
+        list(read_documents(path, byte_range=piece))
+    assert jsonl_ranges(path, 10**9) is None  # small enough: one shard

@@ -70,6 +70,43 @@ class ReadStats:
             self.bad_examples.append(message)
 
 
+@dataclass(frozen=True)
+class ByteRange:
+    """A line-aligned piece of an uncompressed jsonl file: bytes [start, end), first line number."""
+
+    start: int
+    end: int
+    first_line: int
+
+
+def jsonl_ranges(path: str | os.PathLike, target_bytes: int) -> list[ByteRange] | None:
+    """Cut an uncompressed jsonl file into line-aligned pieces of about ``target_bytes``, so that
+    one big file can be read by several workers; None when it is not one or is small enough."""
+    path = Path(path)
+    size = path.stat().st_size
+    if file_format(path) != ("jsonl", "") or size <= target_bytes:
+        return None
+    cuts = [0]
+    with open(path, "rb") as f:
+        while cuts[-1] + target_bytes < size:
+            f.seek(cuts[-1] + target_bytes - 1)
+            f.readline()  # to the start of the next line (a cut right after a newline stays there)
+            if f.tell() >= size:
+                break
+            cuts.append(f.tell())
+        bounds = cuts + [size]
+        ranges, line = [], 1
+        f.seek(0)
+        for start, end in zip(bounds, bounds[1:]):
+            ranges.append(ByteRange(start, end, line))
+            remaining = end - start
+            while remaining:  # line numbers: count the newlines in this piece
+                chunk = f.read(min(remaining, 1 << 24))
+                remaining -= len(chunk)
+                line += chunk.count(b"\n")
+    return ranges
+
+
 def file_format(path: str | os.PathLike) -> tuple[str, str] | None:
     """``(format, compression)`` for a supported file name, e.g. ``("jsonl", ".zst")``; else None."""
     name = Path(path).name.lower()
@@ -144,8 +181,12 @@ def read_documents(
     stats: ReadStats | None = None,
     txt_mode: TxtMode = "paragraph",
     chunk_chars: int = 4000,
+    byte_range: ByteRange | None = None,
 ) -> Iterator[Document]:
-    """Yield every document in ``paths`` (files or directories), in a deterministic order."""
+    """Yield every document in ``paths`` (files or directories), in a deterministic order.
+
+    ``byte_range`` (from ``jsonl_ranges``) reads only that piece of a single jsonl file.
+    """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if txt_mode not in TXT_MODES:
@@ -153,11 +194,14 @@ def read_documents(
     if chunk_chars < 1:
         raise ValueError(f"chunk_chars must be >= 1; got {chunk_chars}")
     stats = stats if stats is not None else ReadStats()
-    for path in expand_paths(paths):
+    files = expand_paths(paths)
+    if byte_range is not None and (len(files) != 1 or file_format(files[0]) != ("jsonl", "")):
+        raise ValueError("byte_range applies to one uncompressed jsonl file")
+    for path in files:
         stats.files.append({"path": str(path), "bytes": path.stat().st_size})
         fmt, compression = file_format(path)  # type: ignore[misc]  # expand_paths checked it
         if fmt == "jsonl":
-            docs = _read_jsonl(path, compression, text_key, skip_bad, stats)
+            docs = _read_jsonl(path, compression, text_key, skip_bad, stats, byte_range)
         elif fmt == "txt" and txt_mode == "chunk":
             docs = _read_txt_chunks(path, compression, chunk_chars, skip_bad, stats)
         elif fmt == "txt":
@@ -183,10 +227,19 @@ def _open_binary(path: Path, compression: str) -> IO[bytes]:
     return open(path, "rb")
 
 
-def _lines(path: Path, compression: str) -> Iterator[tuple[int, bytes]]:
+def _lines(path: Path, compression: str, byte_range: ByteRange | None = None) -> Iterator[tuple[int, bytes]]:
     try:
         with _open_binary(path, compression) as f:
-            yield from enumerate(f, 1)
+            if byte_range is None:
+                yield from enumerate(f, 1)
+                return
+            f.seek(byte_range.start)
+            position = byte_range.start
+            for line_no, raw in enumerate(f, byte_range.first_line):
+                if position >= byte_range.end:
+                    return
+                position += len(raw)
+                yield line_no, raw
     except (OSError, EOFError) as exc:  # truncated .gz, corrupt .zst frame, ...
         raise DataError(f"{path}: cannot read ({compression or 'file'}): {exc}") from None
     except Exception as exc:
@@ -195,8 +248,10 @@ def _lines(path: Path, compression: str) -> Iterator[tuple[int, bytes]]:
         raise
 
 
-def _read_jsonl(path: Path, compression: str, text_key: str, skip_bad: bool, stats: ReadStats) -> Iterator[Document]:
-    with closing(_lines(path, compression)) as lines:  # closed also on an error (see _read_table)
+def _read_jsonl(
+    path: Path, compression: str, text_key: str, skip_bad: bool, stats: ReadStats, byte_range: ByteRange | None = None
+) -> Iterator[Document]:
+    with closing(_lines(path, compression, byte_range)) as lines:  # closed also on an error (see _read_table)
         for line_no, raw in lines:
             if not raw.strip():
                 continue  # blank lines (a trailing newline, a hand-edited file) are not records

@@ -72,6 +72,9 @@ class PipelineConfig:
     executor: Literal["local", "ray"] = "local"  # ray: one task per shard on a Ray cluster
     ray_address: str | None = None  # None: start a local Ray instance; "auto" or ray://host:port: join one
     workers: int = 0  # local worker processes (0: one per CPU core this process may use)
+    # Uncompressed jsonl files bigger than this are read as several shards (line-aligned byte
+    # ranges), so one big file still keeps every worker busy; other files are one shard each.
+    shard_bytes: int = 256_000_000
     batch_size: int = 256  # documents handed to each step at a time
     seed: int = 0
 
@@ -80,6 +83,8 @@ class PipelineConfig:
             raise ValueError(f"workers must be >= 0; got {self.workers}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {self.batch_size}")
+        if self.shard_bytes < 1:
+            raise ValueError(f"shard_bytes must be >= 1; got {self.shard_bytes}")
 
 
 @dataclass
@@ -198,6 +203,7 @@ def pipeline_fingerprint(cfg: PipelineConfig, specs: list[StepSpec], files: list
         "format": cfg.output.format,
         "docs_per_file": cfg.output.docs_per_file,
         "seed": cfg.seed,
+        "shard_bytes": cfg.shard_bytes,  # how files are cut into shards: part of the output's layout
         "steps": [
             {"type": s.type, "name": s.name, "languages": s.languages, "config": to_dict(s.config)} for s in specs
         ],

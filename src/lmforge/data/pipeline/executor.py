@@ -7,7 +7,8 @@
     cfg, specs = load_pipeline("recipes/data/default.yaml", ["output.dir=runs/clean"])
     summary = run_pipeline(cfg, specs, base_dir=Path("recipes/data"))
 
-How the work is cut: every input file is one shard (a task). Global steps (deduplication) need
+How the work is cut: every input file is one shard (a task), except that an uncompressed jsonl
+file bigger than ``shard_bytes`` is cut into line-aligned byte ranges, one shard each. Global steps (deduplication) need
 the whole corpus, so they cut the step list into segments: segment 0 runs the steps before the
 first global step on every shard and lets that step ``collect`` from what survives; then the
 step ``decide``s once; segment 1 starts with that step applying its decision, and so on. Only
@@ -38,7 +39,7 @@ from lmforge.data.document import DataError
 from lmforge.data.pipeline.config import PipelineConfig, StepSpec, pipeline_fingerprint, spec_to_dict
 from lmforge.data.pipeline.stats import aggregate_stats
 from lmforge.data.pipeline.task import collect_path, release_steps, run_task, stats_path, step_work_dir, work_file
-from lmforge.data.readers import expand_paths
+from lmforge.data.readers import expand_paths, jsonl_ranges
 from lmforge.io import write_json_atomic
 
 
@@ -63,6 +64,21 @@ def _file_labels(files: list[Path]) -> list[str]:
         return names
     root = Path(os.path.commonpath([str(f.resolve()) for f in files]))
     return [str(f.resolve().relative_to(root)) for f in files]
+
+
+def _plan_shards(files: list[Path], shard_bytes: int) -> list[dict]:
+    """One shard per file, except big uncompressed jsonl files: one per line-aligned byte range."""
+    shards = []
+    for f, label in zip(files, _file_labels(files)):
+        ranges = jsonl_ranges(f, shard_bytes)
+        if ranges is None:
+            shards.append({"path": str(f), "label": label, "bytes": f.stat().st_size, "range": None})
+        else:
+            shards += [
+                {"path": str(f), "label": label, "bytes": r.end - r.start, "range": [r.start, r.end, r.first_line]}
+                for r in ranges
+            ]
+    return shards
 
 
 def _workers(cfg: PipelineConfig) -> int:
@@ -126,7 +142,7 @@ def run_pipeline(
     meta = {"fingerprint": fingerprint, "name": cfg.name, "config": to_dict(cfg), "files": file_info}
     _check_or_start(out, fingerprint, meta, force)
 
-    labels = _file_labels(files)
+    shards = _plan_shards(files, cfg.shard_bytes)
     segments = plan_segments(specs)
     if any(s.languages for s in specs) and "langid" not in [s.type for s in specs]:
         from lmforge.cli_common import console
@@ -142,14 +158,14 @@ def run_pipeline(
     }  # fmt: skip
     started = time.perf_counter()
     decisions: dict[str, dict] = {}
-    with _Workers(cfg, len(files)) as workers:
+    with _Workers(cfg, len(shards)) as workers:
         for s, (steps, collect) in enumerate(segments):
             if steps and steps[0].is_global and s > 0:
-                decisions[steps[0].name] = _decide(out, steps[0], len(files), base)
+                decisions[steps[0].name] = _decide(out, steps[0], len(shards), base)
             jobs = []
-            for t, (f, label) in enumerate(zip(files, labels)):
+            for t, shard in enumerate(shards):
                 if s == 0:
-                    source = {"kind": "raw", "path": str(f), "label": label, "bytes": f.stat().st_size}
+                    source = {"kind": "raw", **shard}
                 else:  # the text bytes the previous segment wrote for this shard
                     previous = json.loads(stats_path(out, s - 1, t).read_text(encoding="utf-8"))
                     source = {
@@ -163,7 +179,7 @@ def run_pipeline(
             todo = [j for j in jobs if not stats_path(out, s, j["task"]).is_file()]
             label = f"segment {s + 1}/{len(segments)}" if len(segments) > 1 else cfg.name
             workers.run(todo, label, show_progress)
-    summary = aggregate_stats(out, cfg, specs, segments, decisions, len(files), seconds=time.perf_counter() - started)
+    summary = aggregate_stats(out, cfg, specs, segments, decisions, len(shards), len(files), seconds=time.perf_counter() - started)
     write_json_atomic(out / "stats.json", summary)
     write_json_atomic(out / "manifest.json", {
         "name": cfg.name, "fingerprint": fingerprint, "format": cfg.output.format,

@@ -43,7 +43,7 @@ def _merge_step(total: dict, part: dict, max_examples: int) -> None:
         total["counters"][key] = total["counters"].get(key, 0) + n
 
 
-def aggregate_stats(out: Path, cfg, specs, segments, decisions: dict, n_tasks: int, seconds: float) -> dict:
+def aggregate_stats(out: Path, cfg, specs, segments, decisions: dict, n_tasks: int, n_files: int, seconds: float) -> dict:
     steps: list[dict] = []
     # A global step's time is its collect (in the segment before), decide and apply phases.
     extra_seconds: dict[str, float] = {name: d.get("seconds", 0.0) for name, d in decisions.items()}
@@ -53,7 +53,7 @@ def aggregate_stats(out: Path, cfg, specs, segments, decisions: dict, n_tasks: i
             if task.get("collect"):
                 name = task["collect"]["step"]
                 extra_seconds[name] = extra_seconds.get(name, 0.0) + task["collect"]["seconds"]
-    read = {"documents": 0, "bytes": 0, "bad_lines": 0, "bad_examples": [], "files": n_tasks}
+    read = {"documents": 0, "bytes": 0, "bad_lines": 0, "bad_examples": [], "files": n_files, "shards": n_tasks}
     output = {"documents": 0, "bytes": 0, "files": []}
     for s, (seg_steps, _) in enumerate(segments):
         entries = [

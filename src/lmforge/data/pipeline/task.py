@@ -23,7 +23,7 @@ import numpy as np
 from lmforge.data.document import DataError, Document
 from lmforge.data.pipeline.base import Drop, GlobalStep, Step, StepContext
 from lmforge.data.pipeline.config import specs_from_dicts
-from lmforge.data.readers import ReadStats, read_documents
+from lmforge.data.readers import ByteRange, ReadStats, read_documents
 from lmforge.data.writers import DocumentWriter, read_nested_documents
 from lmforge.io import write_json_atomic
 
@@ -168,9 +168,10 @@ def _documents(job: dict, read_stats: ReadStats) -> "iter[Document]":
         return
     reader = job["reader"]
     label = source["label"]
+    byte_range = ByteRange(*source["range"]) if source.get("range") else None
     for doc in read_documents(
         [source["path"]], text_key=reader["text_key"], skip_bad=reader["skip_bad"], stats=read_stats,
-        txt_mode=reader["txt_mode"], chunk_chars=reader["chunk_chars"],
+        txt_mode=reader["txt_mode"], chunk_chars=reader["chunk_chars"], byte_range=byte_range,
     ):  # fmt: skip
         # Inside the pipeline ids are positions (file:line), unique across the run, which dedup
         # decisions rely on; a record's own `id` field waits in its metadata and is given back
