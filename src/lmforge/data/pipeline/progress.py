@@ -3,7 +3,7 @@
 Workers report ``(documents, bytes)`` after every batch — directly when they run in this
 process, through a queue when they are worker processes (``drain``) — and ``task_done`` after
 each shard. The total is the input files' size, so the ETA is about right for plain text and
-jsonl and pessimistic for compressed inputs.
+jsonl; for compressed inputs the text outgrows that total and the ETA comes out too short.
 """
 
 from __future__ import annotations
