@@ -65,7 +65,9 @@ class LanguageModeling:
         return []
 
     def _token_losses(self, model: nn.Module, batch: dict):
-        out = model(batch["input_ids"])
+        # Packed SFT rows bring their own positions and block-diagonal mask (lmforge.data.packing).
+        extra = {k: batch[k] for k in ("position_ids", "attention_mask") if k in batch}
+        out = model(batch["input_ids"], **extra)
         logits = out.logits.float().flatten(0, 1)
         labels = batch["labels"].flatten()
         ce = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="sum")
