@@ -4,6 +4,7 @@
     lmforge data tokenize           text -> token shards
     lmforge model info              shape, parameter count and HF architecture of a recipe's model
     lmforge pretrain                (continued) pretraining on token shards
+    lmforge sft                     supervised fine-tuning on chat data
     lmforge generate / chat         text from a checkpoint
     lmforge run                     the whole pipeline as a cached stage graph
 
@@ -21,7 +22,7 @@ from lmforge.infer.cli import chat, generate
 from lmforge.model.cli import app as model_app
 from lmforge.run import run_command
 from lmforge.tokenizer.cli import app as tokenizer_app
-from lmforge.train.cli import pretrain
+from lmforge.train.cli import pretrain, sft
 
 app = typer.Typer(
     help="lmforge: build small, data-efficient language models end to end.",
@@ -33,6 +34,7 @@ app.add_typer(tokenizer_app, name="tokenizer", help="Train byte-level BPE tokeni
 app.add_typer(data_app, name="data", help="Prepare data: tokenize text into memory-mapped shards.")
 app.add_typer(model_app, name="model", help="Inspect model shapes: parameters, HF architecture.")
 app.command("pretrain", help="Pretrain (or continue pretraining) a model on token shards.")(pretrain)
+app.command("sft", help="Fine-tune a pretrained checkpoint on chat data (loss on assistant replies, packed).")(sft)
 app.command("generate", help="Continue prompts with a checkpoint.")(generate)
 app.command("chat", help="Chat with a checkpoint in the terminal, through its chat template.")(chat)
 app.command("run", help="Run a recipe's whole pipeline as a cached stage graph (the demo).")(run_command)

@@ -18,7 +18,7 @@ from lmforge.data.tokenize import TokenizeConfig
 from lmforge.infer.sampling import SamplingConfig
 from lmforge.model.config import ModelConfig
 from lmforge.tokenizer.train import TokenizerConfig
-from lmforge.train.config import TrainConfig
+from lmforge.train.config import SFTConfig, TrainConfig
 
 
 @dataclass
@@ -39,6 +39,7 @@ class Recipe:
     data: TokenizeConfig = field(default_factory=TokenizeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 

@@ -66,6 +66,32 @@ def pretrain(recipe_path: RecipeArgument, overrides: SetOption = None, resume: R
         say(f"  tensorboard    tensorboard --logdir {s['tensorboard']}")
 
 
+def sft(recipe_path: RecipeArgument, overrides: SetOption = None, resume: ResumeOption = False) -> None:
+    """Fine-tune a pretrained checkpoint (train.init_from) on chat data (sft.train): loss on the
+    assistant's replies only, conversations packed without attending to each other."""
+    recipe = load_recipe_for_cli(recipe_path, overrides)
+    from rich.markup import escape
+
+    from lmforge.train.metrics import say
+    from lmforge.train.sft import train_sft
+    from lmforge.train.trainer import TrainingDiverged
+
+    try:
+        result = train_sft(recipe, resume=resume)
+    except TrainingDiverged as exc:
+        if os.environ.get("RANK", "0") == "0":
+            console.print(f"[bold red]training diverged:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1)
+    if not result.is_main:
+        return
+    s = result.summary()
+    console.print(f"\n[bold]done:[/] step {s['step']:,}, train loss {s['train_loss']:.4f}" if s["train_loss"] is not None else "\n[bold]done[/]")
+    if s["val_loss"] is not None:
+        say(f"  held-out loss  {s['val_loss']:.4f} nats/token on assistant replies")
+    say(f"  checkpoint     {s['checkpoint']}")
+    say(f"  chat           lmforge chat {s['checkpoint']}")
+
+
 def main() -> None:
     """Entry point for ``python -m lmforge.train.cli`` (and torchrun), with the same error handling as ``lmforge``."""
     from lmforge.cli_common import run_app

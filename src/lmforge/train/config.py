@@ -8,7 +8,7 @@ sequences of ``seq_len`` tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 
@@ -73,3 +73,19 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not self.grad_clip >= 0:
             raise ValueError(f"grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip}")
+
+
+@dataclass
+class SFTConfig:
+    """A recipe's ``sft`` section: the chat data ``lmforge sft`` fine-tunes on (``lmforge.train.sft``)."""
+
+    train: list[str] = field(default_factory=list)  # chat jsonl files or directories
+    val: list[str] = field(default_factory=list)  # held-out chat files; empty: hold out val_fraction of train
+    val_fraction: float = 0.02  # conversations held out (by a stable hash of their text) when val is empty
+    overlong: Literal["drop", "truncate"] = "truncate"  # conversations longer than train.seq_len
+    skip_bad: bool = False  # count and skip malformed records instead of stopping at the first
+    pack_window: int = 256  # open rows the best-fit packer chooses among
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
