@@ -7,7 +7,7 @@ one by one, at a fraction of the padding. Rows are filled best-fit over a window
 conversations, which keeps padding to a few percent::
 
     packer = Packer(seq_len=512, policy="truncate")
-    rows = packer.pack(encode_conversation(c.messages, tok) + (c.messages,) for c in convs)  # see pack_conversations
+    rows = list(packer.pack_messages((c.messages for c in read_conversations(files)), tokenizer))
     batch = collate(rows[:8], pad_id=0)      # input_ids, labels, position_ids, attention_mask [B,1,T,T]
     print(packer.stats)                      # rows, tokens, padding, padding_fraction, dropped/truncated
 

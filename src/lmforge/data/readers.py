@@ -289,31 +289,22 @@ def _read_txt(path: Path, compression: str, mode: str, skip_bad: bool, stats: Re
             return None
         return Document(f"{path.name}:{start}", text, {"source": str(path), "line": start})
 
-    with closing(_lines(path, compression)) as lines:  # closed also on an error (see _read_table)
-        for line_no, raw in lines:
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as exc:
-                message = f"{path}:{line_no}: invalid UTF-8 ({exc.reason} at byte {exc.start})"
-                if not skip_bad:
-                    raise DataError(message) from None
-                stats.bad(message)
-                continue
-            if mode == "file":
-                block.append(line)
-                start = start or 1
-                continue
-            if mode == "line" or not line.strip():
-                if mode == "line":
-                    block, start = [line], line_no
-                doc = flush()
-                block = []
-                if doc is not None:
-                    yield doc
-                continue
-            if not block:
-                start = line_no
+    for line_no, line in _decoded_lines(path, compression, skip_bad, stats):
+        if mode == "file":
             block.append(line)
+            start = start or 1
+            continue
+        if mode == "line" or not line.strip():
+            if mode == "line":
+                block, start = [line], line_no
+            doc = flush()
+            block = []
+            if doc is not None:
+                yield doc
+            continue
+        if not block:
+            start = line_no
+        block.append(line)
     if block:
         doc = flush()
         if doc is not None:

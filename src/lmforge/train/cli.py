@@ -30,6 +30,22 @@ ResumeOption = Annotated[
 ]
 
 
+def _run_stage(train_fn, recipe, resume: bool):
+    """Run a training stage; a diverged run ends with one explanation (rank 0's) and status 1.
+    Returns the result on rank 0, None elsewhere."""
+    from rich.markup import escape
+
+    from lmforge.train.trainer import TrainingDiverged
+
+    try:
+        result = train_fn(recipe, resume=resume)
+    except TrainingDiverged as exc:
+        if os.environ.get("RANK", "0") == "0":  # every rank stops; one explains
+            console.print(f"[bold red]training diverged:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1)
+    return result if result.is_main else None
+
+
 def pretrain(recipe_path: RecipeArgument, overrides: SetOption = None, resume: ResumeOption = False) -> None:
     """Pretrain (or continue pretraining, with train.init_from) a model on token shards.
 
@@ -38,19 +54,11 @@ def pretrain(recipe_path: RecipeArgument, overrides: SetOption = None, resume: R
     A NaN/inf loss stops the run with exit status 1 and keeps the last good checkpoint.
     """
     recipe = load_recipe_for_cli(recipe_path, overrides)
-    from rich.markup import escape
-
     from lmforge.train.metrics import say
     from lmforge.train.pretrain import train
-    from lmforge.train.trainer import TrainingDiverged
 
-    try:
-        result = train(recipe, resume=resume)
-    except TrainingDiverged as exc:
-        if os.environ.get("RANK", "0") == "0":  # every rank stops; one explains
-            console.print(f"[bold red]training diverged:[/] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(1)
-    if not result.is_main:
+    result = _run_stage(train, recipe, resume)
+    if result is None:
         return
     s = result.summary()
     loss = f", train loss {s['train_loss']:.4f}" if s["train_loss"] is not None else ""
@@ -70,22 +78,15 @@ def sft(recipe_path: RecipeArgument, overrides: SetOption = None, resume: Resume
     """Fine-tune a pretrained checkpoint (train.init_from) on chat data (sft.train): loss on the
     assistant's replies only, conversations packed without attending to each other."""
     recipe = load_recipe_for_cli(recipe_path, overrides)
-    from rich.markup import escape
-
     from lmforge.train.metrics import say
     from lmforge.train.sft import train_sft
-    from lmforge.train.trainer import TrainingDiverged
 
-    try:
-        result = train_sft(recipe, resume=resume)
-    except TrainingDiverged as exc:
-        if os.environ.get("RANK", "0") == "0":
-            console.print(f"[bold red]training diverged:[/] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(1)
-    if not result.is_main:
+    result = _run_stage(train_sft, recipe, resume)
+    if result is None:
         return
     s = result.summary()
-    console.print(f"\n[bold]done:[/] step {s['step']:,}, train loss {s['train_loss']:.4f}" if s["train_loss"] is not None else "\n[bold]done[/]")
+    loss = f", train loss {s['train_loss']:.4f}" if s["train_loss"] is not None else ""
+    console.print(f"\n[bold]done:[/] step {s['step']:,}{loss}")
     if s["val_loss"] is not None:
         say(f"  held-out loss  {s['val_loss']:.4f} nats/token on assistant replies")
     say(f"  checkpoint     {s['checkpoint']}")

@@ -15,7 +15,9 @@ Usage::
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -122,6 +124,21 @@ def init_distributed(device_preference: str = "auto") -> DistEnv:
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size, **kwargs)
         created = True
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device, initialized_here=created)
+
+
+@contextmanager
+def training_session(device_preference: str = "auto", num_threads: int = 0) -> Iterator[DistEnv]:
+    """A training stage's surroundings: the process group (joined under torchrun) and the CPU
+    thread count (``num_threads`` > 0 pins it), both put back as they were afterwards."""
+    env = init_distributed(device_preference)
+    previous_threads = torch.get_num_threads()
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    try:
+        yield env
+    finally:
+        torch.set_num_threads(previous_threads)
+        env.close()
 
 
 def wrap_ddp(model: torch.nn.Module, env: DistEnv, find_unused_parameters: bool = False) -> torch.nn.Module:

@@ -42,7 +42,7 @@ from lmforge.data.shards import ShardSet
 from lmforge.model import ModelConfig, Transformer
 from lmforge.tokenizer.train import load_tokenizer, tokenizer_sha256
 from lmforge.train.checkpoint import resolve_checkpoint
-from lmforge.train.distributed import init_distributed
+from lmforge.train.distributed import training_session
 from lmforge.train.flops import flops_per_token
 from lmforge.train.metrics import say
 from lmforge.train.objectives import LanguageModeling
@@ -128,7 +128,7 @@ def build_model(model_cfg: ModelConfig, cfg, shards: ShardSet, ids: dict, is_mai
     return Transformer(model_cfg), None
 
 
-def _as_config_error(key: str, fn, path):
+def as_config_error(key: str, fn, path):
     """Missing or broken inputs are configuration mistakes: a one-line error, not a traceback."""
     try:
         return fn(path)
@@ -142,13 +142,9 @@ def train(recipe, resume: bool = False, hooks: Iterable = ()) -> TrainResult:
     if not cfg.shards:
         raise ConfigError("train.shards is not set: point it at a directory written by `lmforge data tokenize`")
     run_dir = Path(cfg.out_dir or Path(recipe.out_dir) / "pretrain")
-    env = init_distributed(cfg.device)
-    previous_threads = torch.get_num_threads()
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    try:
-        shards = _as_config_error("train.shards", ShardSet, cfg.shards)
-        init_ckpt = _as_config_error("train.init_from", resolve_checkpoint, cfg.init_from) if cfg.init_from else None
+    with training_session(cfg.device, cfg.num_threads) as env:
+        shards = as_config_error("train.shards", ShardSet, cfg.shards)
+        init_ckpt = as_config_error("train.init_from", resolve_checkpoint, cfg.init_from) if cfg.init_from else None
         tokenizer_dir = resolve_tokenizer_dir(cfg, shards.manifest, init_ckpt)
         ids = special_token_ids(tokenizer_dir, shards.manifest)
         # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
@@ -189,6 +185,4 @@ def train(recipe, resume: bool = False, hooks: Iterable = ()) -> TrainResult:
                 f"({str(trainer.amp_dtype).removeprefix('torch.')}) → {run_dir}"
             )
         return trainer.fit(resume=resume)
-    finally:
-        torch.set_num_threads(previous_threads)
-        env.close()
+

@@ -29,9 +29,10 @@ from lmforge.data.packing import Packer, PackedRow, collate
 from lmforge.data.readers import ReadStats
 from lmforge.io import write_json_atomic
 from lmforge.train.checkpoint import resolve_checkpoint
-from lmforge.train.distributed import init_distributed
+from lmforge.train.distributed import training_session
 from lmforge.train.flops import flops_per_token
 from lmforge.train.metrics import say
+from lmforge.train.pretrain import as_config_error
 from lmforge.train.objectives import LanguageModeling
 from lmforge.train.trainer import Trainer, TrainResult
 
@@ -101,12 +102,8 @@ def train_sft(recipe, resume: bool = False, hooks: Iterable = ()) -> TrainResult
     if not scfg.train:
         raise ConfigError("sft.train is not set: name chat jsonl files (MiniMind, ShareGPT, OpenAI, Alpaca or YAYI records)")
     run_dir = Path(cfg.out_dir or Path(recipe.out_dir) / "sft")
-    env = init_distributed(cfg.device)
-    previous_threads = torch.get_num_threads()
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    try:
-        parent = resolve_checkpoint(cfg.init_from)
+    with training_session(cfg.device, cfg.num_threads) as env:
+        parent = as_config_error("train.init_from", resolve_checkpoint, cfg.init_from)
         tokenizer = load_tokenizer(parent)
         torch.manual_seed(cfg.seed)
         model = load_pretrained(parent, device="cpu", dtype=torch.float32)
@@ -151,6 +148,4 @@ def train_sft(recipe, resume: bool = False, hooks: Iterable = ()) -> TrainResult
                 f"→ {run_dir}"
             )
         return trainer.fit(resume=resume)
-    finally:
-        torch.set_num_threads(previous_threads)
-        env.close()
+

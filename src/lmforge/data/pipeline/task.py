@@ -245,7 +245,9 @@ def run_task(job: dict, progress: Progress | None = None) -> dict:
                     collect_seconds += time.perf_counter() - t1
             for doc in batch:
                 sink.write(_output_document(doc) if job["final"] else doc)
-        files = [w.close() for w in writers][-1]
+        for w in writers:
+            w.close()
+        files = sink.files
     except BaseException:
         for w in writers:
             w.abort()
