@@ -5,6 +5,10 @@
     lmforge model info              shape, parameter count and HF architecture of a recipe's model
     lmforge pretrain                (continued) pretraining on token shards
     lmforge sft                     supervised fine-tuning on chat data
+    lmforge lora [merge]            LoRA adapters through peft, and merging them
+    lmforge dpo                     direct preference optimization on preference pairs
+    lmforge distill                 whitebox / blackbox distillation from a teacher
+    lmforge synth                   synthetic data: math, preference pairs, identity, templates
     lmforge generate / chat         text from a checkpoint
     lmforge run                     the whole pipeline as a cached stage graph
 
@@ -14,6 +18,7 @@ Bad recipes and bad data end with a one-line error naming the file and line, exi
 from __future__ import annotations
 
 import typer
+from typer.core import TyperGroup
 
 from lmforge import __version__
 from lmforge.cli_common import run_app
@@ -22,7 +27,22 @@ from lmforge.infer.cli import chat, generate
 from lmforge.model.cli import app as model_app
 from lmforge.run import run_command
 from lmforge.tokenizer.cli import app as tokenizer_app
-from lmforge.train.cli import pretrain, sft
+from lmforge.synth.cli import app as synth_app
+from lmforge.train.cli import distill, dpo, lora_merge, lora_train, pretrain, sft
+
+
+class _LoraGroup(TyperGroup):
+    """``lmforge lora RECIPE`` trains (the default subcommand); ``lmforge lora merge ...`` merges."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["train", *args]
+        return super().parse_args(ctx, args)
+
+
+lora_app = typer.Typer(cls=_LoraGroup, no_args_is_help=True, add_completion=False)
+lora_app.command("train", help="Train LoRA adapters on chat data (the default: `lmforge lora RECIPE`).")(lora_train)
+lora_app.command("merge", help="Fold LoRA adapters into their base: a plain checkpoint.")(lora_merge)
 
 app = typer.Typer(
     help="lmforge: build small, data-efficient language models end to end.",
@@ -35,6 +55,10 @@ app.add_typer(data_app, name="data", help="Prepare data: tokenize text into memo
 app.add_typer(model_app, name="model", help="Inspect model shapes: parameters, HF architecture.")
 app.command("pretrain", help="Pretrain (or continue pretraining) a model on token shards.")(pretrain)
 app.command("sft", help="Fine-tune a pretrained checkpoint on chat data (loss on assistant replies, packed).")(sft)
+app.add_typer(lora_app, name="lora", help="LoRA through peft: `lmforge lora RECIPE` trains adapters, `lmforge lora merge` folds them in.")
+app.command("dpo", help="Align a checkpoint with preference pairs (DPO, sigmoid loss).")(dpo)
+app.command("distill", help="Distil a teacher into a student: whitebox (logits) or blackbox (teacher-written data).")(distill)
+app.add_typer(synth_app, name="synth", help="Synthesize data: verifiable math, preference pairs, identity chats, model-written problems.")
 app.command("generate", help="Continue prompts with a checkpoint.")(generate)
 app.command("chat", help="Chat with a checkpoint in the terminal, through its chat template.")(chat)
 app.command("run", help="Run a recipe's whole pipeline as a cached stage graph (the demo).")(run_command)

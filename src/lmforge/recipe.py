@@ -18,7 +18,7 @@ from lmforge.data.tokenize import TokenizeConfig
 from lmforge.infer.sampling import SamplingConfig
 from lmforge.model.config import ModelConfig
 from lmforge.tokenizer.train import TokenizerConfig
-from lmforge.train.config import SFTConfig, TrainConfig
+from lmforge.train.config import DistillConfig, DPOConfig, LoRAConfig, SFTConfig, TrainConfig
 
 
 @dataclass
@@ -40,6 +40,9 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 

@@ -14,7 +14,8 @@ stays instant.
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -74,23 +75,86 @@ def pretrain(recipe_path: RecipeArgument, overrides: SetOption = None, resume: R
         say(f"  tensorboard    tensorboard --logdir {s['tensorboard']}")
 
 
-def sft(recipe_path: RecipeArgument, overrides: SetOption = None, resume: ResumeOption = False) -> None:
-    """Fine-tune a pretrained checkpoint (train.init_from) on chat data (sft.train): loss on the
-    assistant's replies only, conversations packed without attending to each other."""
-    recipe = load_recipe_for_cli(recipe_path, overrides)
-    from lmforge.train.metrics import say
-    from lmforge.train.sft import train_sft
+SkipBadOption = Annotated[
+    bool,
+    typer.Option("--skip-bad", help="Count and skip malformed records (reported in the run's data file) instead of stopping at the first."),
+]
 
-    result = _run_stage(train_sft, recipe, resume)
-    if result is None:
-        return
+
+def _finetune_summary(result, what: str) -> None:
+    from lmforge.train.metrics import say
+
     s = result.summary()
     loss = f", train loss {s['train_loss']:.4f}" if s["train_loss"] is not None else ""
     console.print(f"\n[bold]done:[/] step {s['step']:,}{loss}")
     if s["val_loss"] is not None:
-        say(f"  held-out loss  {s['val_loss']:.4f} nats/token on assistant replies")
+        say(f"  held-out loss  {s['val_loss']:.4f} {what}")
+    for key in ("eval_reward_accuracy", "eval_reward_margin"):
+        if key in result.metrics:
+            say(f"  {key.removeprefix('eval_').replace('_', ' '):<14} {result.metrics[key]:.4f} (held out)")
     say(f"  checkpoint     {s['checkpoint']}")
     say(f"  chat           lmforge chat {s['checkpoint']}")
+
+
+def _load(recipe_path, overrides, skip_bad: bool, section: str):
+    return load_recipe_for_cli(recipe_path, [*(overrides or []), *([f"{section}.skip_bad=true"] if skip_bad else [])])
+
+
+def sft(recipe_path: RecipeArgument, overrides: SetOption = None, resume: ResumeOption = False, skip_bad: SkipBadOption = False) -> None:
+    """Fine-tune a pretrained checkpoint (train.init_from) on chat data (sft.train): loss on the
+    assistant's replies only, conversations packed without attending to each other."""
+    recipe = _load(recipe_path, overrides, skip_bad, "sft")
+    from lmforge.train.sft import train_sft
+
+    result = _run_stage(train_sft, recipe, resume)
+    if result is not None:
+        _finetune_summary(result, "nats/token on assistant replies")
+
+
+def lora_train(recipe_path: RecipeArgument, overrides: SetOption = None, resume: ResumeOption = False, skip_bad: SkipBadOption = False) -> None:
+    """Train LoRA adapters (section lora) on chat data (sft.train) over a frozen checkpoint
+    (train.init_from); checkpoints are peft adapters, `lmforge lora merge` folds them in."""
+    recipe = _load(recipe_path, overrides, skip_bad, "sft")
+    from lmforge.train.lora import train_lora
+
+    result = _run_stage(train_lora, recipe, resume)
+    if result is not None:
+        _finetune_summary(result, "nats/token on assistant replies")
+        console.print(f"  merge          lmforge lora merge {result.checkpoint} --out {result.run_dir / 'merged'}")
+
+
+def lora_merge(
+    adapter: Annotated[Path, typer.Argument(help="A peft adapter directory (an `lmforge lora` checkpoint or run directory).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the merged checkpoint.")],
+    base: Annotated[Optional[Path], typer.Option("--base", help="Base checkpoint (default: the adapter's base_model_name_or_path).")] = None,
+) -> None:
+    """Fold LoRA adapters into their base weights: a plain checkpoint for chat, serving and export."""
+    from lmforge.train.lora import merge_lora
+
+    path = merge_lora(adapter, out, base=base)
+    console.print(f"[bold]merged:[/] {path}")
+
+
+def dpo(recipe_path: RecipeArgument, overrides: SetOption = None, resume: ResumeOption = False, skip_bad: SkipBadOption = False) -> None:
+    """Align a fine-tuned checkpoint (train.init_from) with preference pairs (dpo.train): DPO's
+    sigmoid loss against a frozen or precomputed reference."""
+    recipe = _load(recipe_path, overrides, skip_bad, "dpo")
+    from lmforge.train.dpo import train_dpo
+
+    result = _run_stage(train_dpo, recipe, resume)
+    if result is not None:
+        _finetune_summary(result, "DPO loss per pair")
+
+
+def distill(recipe_path: RecipeArgument, overrides: SetOption = None, resume: ResumeOption = False, skip_bad: SkipBadOption = False) -> None:
+    """Distil a teacher (distill.teacher) into a student (train.init_from): whitebox on the
+    teacher's token distributions, or blackbox through teacher-written SFT data."""
+    recipe = _load(recipe_path, overrides, skip_bad, "sft")
+    from lmforge.train.distill import train_distill
+
+    result = _run_stage(train_distill, recipe, resume)
+    if result is not None:
+        _finetune_summary(result, "nats/token on assistant replies")
 
 
 def main() -> None:

@@ -89,3 +89,88 @@ class SFTConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
+
+
+# The post-training sections below read their conversations through ``lmforge.data.chat``; the
+# optimizer, schedule, batch geometry and ``init_from`` come from ``train`` as for every stage.
+
+_ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoRAConfig:
+    """A recipe's ``lora`` section: low-rank adapters through ``peft`` (``lmforge.train.lora``).
+
+    ``lmforge lora`` trains adapters on ``sft``'s chat data; only adapter weights change.
+    """
+
+    target_modules: list[str] = field(default_factory=lambda: list(_ALL_PROJECTIONS))  # module names to adapt
+    rank: int = 8
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.05  # on the adapter's input
+    modules_to_save: list[str] = field(default_factory=list)  # also trained in full, e.g. ["lm_head"]
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        unknown = sorted(set(self.target_modules) - set(_ALL_PROJECTIONS))
+        if unknown or not self.target_modules:
+            raise ValueError(f"target_modules must be a non-empty subset of {_ALL_PROJECTIONS}; unknown: {unknown}")
+
+
+@dataclass
+class DPOConfig:
+    """A recipe's ``dpo`` section: preference pairs and the DPO loss (``lmforge.train.dpo``).
+
+    Pairs are MiniMind ``{"chosen": [msgs], "rejected": [msgs]}`` or ShareGPT-style
+    ``{"conversations": [...], "chosen": {...}, "rejected": {...}}`` records.
+    """
+
+    train: list[str] = field(default_factory=list)  # preference jsonl files or directories
+    val: list[str] = field(default_factory=list)  # held-out pairs; empty: hold out val_fraction of train
+    val_fraction: float = 0.05
+    beta: float = 0.1  # strength of the KL anchor to the reference model (higher = stay closer)
+    # frozen: a copy of the starting model scores every batch (2x forward memory and compute);
+    # precomputed: its log-probabilities are computed once before training and kept with the data.
+    reference: Literal["frozen", "precomputed"] = "precomputed"
+    reference_from: str = ""  # reference checkpoint ("" = train.init_from, the usual choice)
+    overlong: Literal["drop", "truncate"] = "truncate"  # pairs longer than train.seq_len: drop, or cut the prompt's oldest turns
+    skip_bad: bool = False  # count and skip malformed records instead of stopping at the first
+
+    def __post_init__(self) -> None:
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
+
+
+@dataclass
+class DistillConfig:
+    """A recipe's ``distill`` section (``lmforge.train.distill``).
+
+    ``whitebox``: the student (``train.init_from``) learns from the teacher's token distribution
+    on ``sft``'s chat data, loss = alpha · CE + (1 − alpha) · T² · KL(teacher ‖ student) on the
+    assistant tokens; the teacher needs the student's tokenizer. ``blackbox``: the teacher (a
+    checkpoint, or an OpenAI-compatible endpoint URL) answers the user turns of ``prompts``; its
+    answers become SFT data for the student.
+    """
+
+    mode: Literal["whitebox", "blackbox"] = "whitebox"
+    teacher: str = ""  # lmforge or HF checkpoint directory, or (blackbox) http(s)://host/v1
+    teacher_model: str = ""  # blackbox endpoint: the model name to ask for
+    api_key_env: str = "OPENAI_API_KEY"  # blackbox endpoint: environment variable holding the key
+    alpha: float = 0.5  # weight of the cross-entropy on the data's own labels
+    temperature: float = 2.0  # softens both distributions; the KL term is scaled by T²
+    prompts: list[str] = field(default_factory=list)  # blackbox: chat files whose user turns the teacher answers
+    max_new_tokens: int = 256  # blackbox: longest teacher answer
+    teacher_temperature: float = 0.0  # blackbox: sampling temperature of the teacher (0 = greedy)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
