@@ -8,7 +8,7 @@ conversations, which keeps padding to a few percent::
 
     packer = Packer(seq_len=512, policy="truncate")
     rows = list(packer.pack_messages((c.messages for c in read_conversations(files)), tokenizer))
-    batch = collate(rows[:8], pad_id=0)      # input_ids, labels, position_ids, attention_mask [B,1,T,T]
+    batch = collate(rows[:8], pad_id=0)      # input_ids, labels, position_ids, attention_mask [B,1,T,T], padding_tokens
     print(packer.stats)                      # rows, tokens, padding, padding_fraction, dropped/truncated
 
 A conversation longer than ``seq_len`` follows ``policy``: ``drop`` it, or ``truncate`` its
@@ -161,4 +161,5 @@ def collate(rows: list[PackedRow], pad_id: int = 0, seq_len: int | None = None) 
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     # A padding position (segment 0) attends to itself only, so no attention row is empty.
     mask = (same & causal & (segments[:, :, None] > 0)) | torch.eye(T, dtype=torch.bool)
-    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "attention_mask": mask[:, None]}
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "attention_mask": mask[:, None],
+            "padding_tokens": int((segments == 0).sum())}

@@ -10,8 +10,10 @@ model), not by their loop. An objective is a small object with this interface:
   each micro-batch by its share of the step's tokens (over all micro-batches and ranks), so a
   step's loss and gradient are the token mean over the whole global batch, as if it had been
   one batch — also when masking makes micro-batches unequal (SFT).
-* ``evaluate(model, batch) -> (loss_sum, tokens)``: summed held-out loss, for exact means over
-  any number of batches and ranks.
+* ``evaluate(model, batch) -> (loss_sum, tokens)`` or ``(loss_sum, tokens, sums)``: summed
+  held-out loss, for exact means over any number of batches and ranks; ``sums`` (optional) maps
+  more metric names to sums over the same ``tokens`` (logged as ``eval_<name>`` means, e.g. DPO's
+  reward accuracy).
 * ``frozen_models() -> list[nn.Module]``: reference/teacher models the trainer moves to the
   device and keeps in eval mode (DPO, distillation); empty here.
 
@@ -39,7 +41,7 @@ class Objective(Protocol):
 
     def loss_tokens(self, batch: dict) -> int: ...
 
-    def evaluate(self, model: nn.Module, batch: dict) -> tuple[float, int]: ...
+    def evaluate(self, model: nn.Module, batch: dict) -> tuple[float, int] | tuple[float, int, dict]: ...
 
     def frozen_models(self) -> list[nn.Module]: ...
 

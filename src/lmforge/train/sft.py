@@ -15,6 +15,7 @@ the tokenizer and chat template, so ``lmforge chat`` and ``transformers`` use th
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import hashlib
 import json
 import random
@@ -29,6 +30,7 @@ from lmforge.data.packing import Packer, PackedRow, collate
 from lmforge.data.readers import ReadStats
 from lmforge.io import write_json_atomic
 from lmforge.train.checkpoint import resolve_checkpoint
+from lmforge.train.config import SFTConfig, TrainConfig
 from lmforge.train.distributed import training_session
 from lmforge.train.flops import flops_per_token
 from lmforge.train.metrics import say
@@ -91,6 +93,57 @@ def _read(paths: Iterable[str], skip_bad: bool, what: str) -> tuple[list[list[di
     return convs, stats
 
 
+@dataclass
+class ChatData:
+    """Packed chat data for a stage: the train iterator, held-out batches and a report for the run dir."""
+
+    train: PackedChatBatches
+    eval: list[dict] | None
+    report: dict
+    packer: Packer
+    read_stats: ReadStats
+
+
+def prepare_chat_data(scfg: SFTConfig, cfg: TrainConfig, tokenizer, env) -> ChatData:
+    """Read ``scfg``'s conversations, hold out a validation share, and pack both into rows of
+    ``cfg.seq_len``; this rank's shares of the batches. Shared by SFT, LoRA and distillation."""
+    if not scfg.train:
+        raise ConfigError("sft.train is not set: name chat jsonl files (MiniMind, ShareGPT, OpenAI, Alpaca or YAYI records)")
+    train_convs, read_stats = _read(scfg.train, scfg.skip_bad, "train")
+    if scfg.val:
+        val_convs, _ = _read(scfg.val, scfg.skip_bad, "val")
+    else:
+        val_convs = [c for c in train_convs if _held_out(c, scfg.val_fraction)]
+        train_convs = [c for c in train_convs if not _held_out(c, scfg.val_fraction)]
+    packer = Packer(cfg.seq_len, scfg.overlong, scfg.pack_window)
+    rows = list(packer.pack_messages(train_convs, tokenizer))
+    pad_id = tokenizer.token_to_id("<|endoftext|>") or 0
+    try:
+        train_data = PackedChatBatches(rows, cfg.batch_size, cfg.seq_len, pad_id, cfg.seed, env.rank, env.world_size)
+    except ValueError as exc:
+        raise ConfigError(f"sft.train: {exc}; use more data or a smaller train.batch_size") from None
+    eval_data = None
+    if val_convs:
+        val_rows = list(Packer(cfg.seq_len, scfg.overlong, scfg.pack_window).pack_messages(val_convs, tokenizer))
+        mine = val_rows[env.rank :: env.world_size]
+        eval_data = [collate(mine[i : i + cfg.batch_size], pad_id, cfg.seq_len) for i in range(0, len(mine), cfg.batch_size)]
+    report = {
+        "train_conversations": len(train_convs), "val_conversations": len(val_convs),
+        "bad_records": read_stats.bad_lines, "bad_examples": read_stats.bad_examples, "packing": packer.stats.as_dict(),
+    }  # fmt: skip
+    return ChatData(train_data, eval_data, report, packer, read_stats)
+
+
+def describe_chat_data(data: ChatData, seq_len: int) -> str:
+    """One line for the console: conversations, rows, padding, over-long and bad records."""
+    p, r = data.packer.stats, data.report
+    return (
+        f"{r['train_conversations']:,} conversations ({r['val_conversations']:,} held out) packed into {p.rows:,} rows "
+        f"of {seq_len} (padding {p.padding_fraction:.1%}, {p.trained_tokens:,} trained tokens; over-long: "
+        f"{p.truncated_overlong} truncated, {p.dropped_overlong} dropped; bad records {r['bad_records']})"
+    )
+
+
 def train_sft(recipe, resume: bool = False, hooks: Iterable = ()) -> TrainResult:
     """Fine-tune ``recipe.train.init_from`` on ``recipe.sft``'s conversations."""
     from lmforge.model.hf import load_pretrained
@@ -99,8 +152,6 @@ def train_sft(recipe, resume: bool = False, hooks: Iterable = ()) -> TrainResult
     cfg, scfg = recipe.train, recipe.sft
     if not cfg.init_from:
         raise ConfigError("train.init_from is not set: SFT starts from a pretrained checkpoint (a run directory or checkpoint)")
-    if not scfg.train:
-        raise ConfigError("sft.train is not set: name chat jsonl files (MiniMind, ShareGPT, OpenAI, Alpaca or YAYI records)")
     run_dir = Path(cfg.out_dir or Path(recipe.out_dir) / "sft")
     with training_session(cfg.device, cfg.num_threads) as env:
         parent = as_config_error("train.init_from", resolve_checkpoint, cfg.init_from)
@@ -109,43 +160,14 @@ def train_sft(recipe, resume: bool = False, hooks: Iterable = ()) -> TrainResult
         model = load_pretrained(parent, device="cpu", dtype=torch.float32)
         if cfg.seq_len > model.config.max_seq_len:
             raise ConfigError(f"train.seq_len={cfg.seq_len} exceeds the checkpoint's max_seq_len={model.config.max_seq_len}")
-        train_convs, read_stats = _read(scfg.train, scfg.skip_bad, "train")
-        if scfg.val:
-            val_convs, _ = _read(scfg.val, scfg.skip_bad, "val")
-        else:
-            val_convs = [c for c in train_convs if _held_out(c, scfg.val_fraction)]
-            train_convs = [c for c in train_convs if not _held_out(c, scfg.val_fraction)]
-        packer = Packer(cfg.seq_len, scfg.overlong, scfg.pack_window)
-        rows = list(packer.pack_messages(train_convs, tokenizer))
-        pad_id = tokenizer.token_to_id("<|endoftext|>") or 0
-        try:
-            train_data = PackedChatBatches(rows, cfg.batch_size, cfg.seq_len, pad_id, cfg.seed, env.rank, env.world_size)
-        except ValueError as exc:
-            raise ConfigError(f"sft.train: {exc}; use more data or a smaller train.batch_size") from None
-        eval_data = None
-        if val_convs:
-            val_rows = list(Packer(cfg.seq_len, scfg.overlong, scfg.pack_window).pack_messages(val_convs, tokenizer))
-            mine = val_rows[env.rank :: env.world_size]
-            eval_data = [collate(mine[i : i + cfg.batch_size], pad_id, cfg.seq_len) for i in range(0, len(mine), cfg.batch_size)]
-        data_report = {
-            "train_conversations": len(train_convs), "val_conversations": len(val_convs),
-            "bad_records": read_stats.bad_lines, "bad_examples": read_stats.bad_examples, "packing": packer.stats.as_dict(),
-        }  # fmt: skip
+        data = prepare_chat_data(scfg, cfg, tokenizer, env)
         used = dataclasses.replace(recipe, model=model.config, train=dataclasses.replace(cfg, out_dir=str(run_dir), tokenizer=str(parent)))
         trainer = Trainer(
-            model, LanguageModeling(z_loss=cfg.z_loss), train_data, cfg,
-            run_dir=run_dir, env=env, eval_data=eval_data, tokenizer_dir=parent, recipe=to_dict(used),
+            model, LanguageModeling(z_loss=cfg.z_loss), data.train, cfg,
+            run_dir=run_dir, env=env, eval_data=data.eval, tokenizer_dir=parent, recipe=to_dict(used),
             parent_checkpoint=str(parent), flops_per_token=flops_per_token(model.config, cfg.seq_len), hooks=hooks, stage="sft",
         )  # fmt: skip
         if env.is_main:
-            write_json_atomic(run_dir / "sft_data.json", data_report)
-            p = packer.stats
-            say(
-                f"sft: {model.config.hf_architecture} from {parent}; {len(train_convs):,} conversations "
-                f"({len(val_convs):,} held out) packed into {p.rows:,} rows of {cfg.seq_len} "
-                f"(padding {p.padding_fraction:.1%}, {p.trained_tokens:,} trained tokens; over-long: "
-                f"{p.truncated_overlong} truncated, {p.dropped_overlong} dropped; bad records {read_stats.bad_lines}) "
-                f"→ {run_dir}"
-            )
+            write_json_atomic(run_dir / "sft_data.json", data.report)
+            say(f"sft: {model.config.hf_architecture} from {parent}; {describe_chat_data(data, cfg.seq_len)} → {run_dir}")
         return trainer.fit(resume=resume)
-

@@ -223,10 +223,11 @@ class Trainer:
         global_tokens = env.all_reduce_sum([sum(counts)])[0]
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         sums: dict[str, torch.Tensor] = {}
-        input_tokens = 0
+        input_tokens, padding_tokens = 0, 0
         for i, batch in enumerate(micro):
             batch = self._to_device(batch)
             input_tokens += batch["input_ids"].numel()
+            padding_tokens += int(batch.get("padding_tokens", 0))
             last = i == len(micro) - 1
             # Gradients are all-reduced once per step, on the last micro-batch.
             sync = nullcontext() if last or not env.is_distributed else self.model.no_sync()
@@ -248,7 +249,7 @@ class Trainer:
         keys = sorted(sums)
         shapes = [sums[k].shape for k in keys]
         flat = torch.cat([loss_sum.reshape(1)] + [sums[k].reshape(-1) for k in keys]).tolist()
-        reduced = env.all_reduce_sum(flat + [float(input_tokens)])
+        reduced = env.all_reduce_sum(flat + [float(padding_tokens), float(input_tokens)])
         loss_value = reduced[0] / max(global_tokens, 1.0)
         step = self.step + 1
         if not math.isfinite(loss_value) or (not self.scaler.is_enabled() and not math.isfinite(grad_norm)):
@@ -269,6 +270,8 @@ class Trainer:
             values = [v / max(global_tokens, 1.0) for v in reduced[offset : offset + n]]
             offset += n
             record[key] = values[0] if not shape else torch.tensor(values).reshape(shape).tolist()
+        if any("padding_tokens" in b for b in micro):  # packed or padded batches: the share of compute wasted
+            record["padding_fraction"] = reduced[-2] / max(reduced[-1], 1.0)
         return record
 
     @torch.no_grad()
@@ -278,14 +281,19 @@ class Trainer:
         was_training = model.training
         model.eval()
         loss_sum, tokens = 0.0, 0
+        extra_sums: dict[str, float] = {}
         with self.autocast():
             for batch in self.eval_data:
-                s, n = self.objective.evaluate(model, self._to_device(batch))
+                s, n, *extra = self.objective.evaluate(model, self._to_device(batch))
                 loss_sum, tokens = loss_sum + s, tokens + n
+                for key, value in (extra[0] if extra else {}).items():
+                    extra_sums[key] = extra_sums.get(key, 0.0) + float(value)
         model.train(was_training)
-        loss_sum, tokens = self.env.all_reduce_sum([loss_sum, tokens])
+        keys = sorted(extra_sums)
+        loss_sum, tokens, *extras = self.env.all_reduce_sum([loss_sum, tokens] + [extra_sums[k] for k in keys])
         loss = loss_sum / max(tokens, 1.0)
         record = {"kind": "eval", "step": self.step, "eval_loss": loss, "eval_bpt": loss / math.log(2), "eval_tokens": int(tokens)}
+        record.update({f"eval_{k}": v / max(tokens, 1.0) for k, v in zip(keys, extras)})
         if self.baseline_loss is not None:
             record.update(baseline_loss=self.baseline_loss, baseline_bpt=self.baseline_loss / math.log(2))
         return record
