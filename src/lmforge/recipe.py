@@ -17,6 +17,7 @@ from lmforge.data.pipeline.config import CleanConfig
 from lmforge.data.tokenize import TokenizeConfig
 from lmforge.infer.sampling import SamplingConfig
 from lmforge.model.config import ModelConfig
+from lmforge.posttrain import PostTrainConfig
 from lmforge.tokenizer.train import TokenizerConfig
 from lmforge.train.config import DistillConfig, DPOConfig, LoRAConfig, SFTConfig, TrainConfig
 
@@ -44,6 +45,7 @@ class Recipe:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    posttrain: PostTrainConfig = field(default_factory=PostTrainConfig)  # the demo's stages after pretraining
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:

@@ -3,7 +3,11 @@
 Stages (each reads only its own recipe section plus its inputs' outputs)::
 
     corpus ──► clean ──► tokenizer ──► shards ──► pretrain ──► sample
-                 └──────────────────────┘
+                 └──────────────────────┘             │
+                                                      └──► sft ──► dpo ──► evaluate
+                                               synth ──────┴───────┴─────────┘
+
+The post-training stages (``lmforge.posttrain``) run when the recipe sets ``posttrain.enabled``.
 
 ``clean`` runs the recipe's data pipeline (``clean.pipeline``, e.g. recipes/data/default.yaml:
 normalize, filter, deduplicate) over the corpus and writes its funnel report; without one it
@@ -35,7 +39,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from lmforge import __version__
+from lmforge import __version__, posttrain
 from lmforge.cli_common import RecipeArgument, SetOption, console, load_recipe_for_cli
 from lmforge.config import to_dict
 from lmforge.io import write_json_atomic
@@ -51,6 +55,7 @@ class Stage:
     settings: Callable[[Recipe], dict]  # the part of the recipe this stage's output depends on
     run: Callable[["StageContext"], dict]  # does the work into ctx.dir; returns a JSON summary
     resumable: bool = False  # True: an unfinished output dir is continued, not wiped
+    enabled: Callable[[Recipe], bool] = lambda recipe: True
 
 
 @dataclass
@@ -211,6 +216,10 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
+def _posttrain_on(recipe: Recipe) -> bool:
+    return recipe.posttrain.enabled
+
+
 STAGES: list[Stage] = [
     Stage("corpus", (), _corpus_settings, _run_corpus),
     Stage("clean", ("corpus",), _clean_settings, _run_clean, resumable=True),  # the data pipeline resumes itself
@@ -223,6 +232,10 @@ STAGES: list[Stage] = [
     Stage("shards", ("clean", "tokenizer"), _shards_settings, _run_shards),
     Stage("pretrain", ("shards", "tokenizer"), _pretrain_settings, _run_pretrain, resumable=True),
     Stage("sample", ("pretrain",), lambda r: to_dict(r.sample), _run_sample),
+    Stage("synth", (), posttrain.synth_settings, posttrain.run_synth, enabled=_posttrain_on),
+    Stage("sft", ("pretrain", "synth"), posttrain.sft_settings, posttrain.run_sft, resumable=True, enabled=_posttrain_on),
+    Stage("dpo", ("sft", "synth"), posttrain.dpo_settings, posttrain.run_dpo, resumable=True, enabled=_posttrain_on),
+    Stage("evaluate", ("pretrain", "sft", "dpo", "synth"), posttrain.eval_settings, posttrain.run_evaluate, enabled=_posttrain_on),
 ]
 
 
@@ -239,7 +252,8 @@ def stage_key(stage: Stage, recipe: Recipe, upstream_keys: dict[str, str], setti
 
 def run_pipeline(recipe: Recipe, force: set[str] = frozenset(), until: str | None = None) -> dict:
     """Run (or skip, when cached) every stage in order; return the per-stage records."""
-    names = [s.name for s in STAGES]
+    stages = [s for s in STAGES if s.enabled(recipe)]
+    names = [s.name for s in stages]
     unknown = (set(force) | ({until} if until else set())) - set(names)
     if unknown:
         raise typer.BadParameter(f"unknown stage(s) {sorted(unknown)}; stages: {', '.join(names)}")
@@ -249,7 +263,7 @@ def run_pipeline(recipe: Recipe, force: set[str] = frozenset(), until: str | Non
     summaries: dict[str, dict] = {}
     records = []
     forced_downstream = False
-    for stage in STAGES:
+    for stage in stages:
         settings = stage.settings(recipe)  # once: the corpus stage's walks every man page
         key = stage_key(stage, recipe, {name: keys[name] for name in stage.inputs}, settings)
         keys[stage.name] = key
@@ -312,8 +326,19 @@ def _print_summary(recipe: Recipe, result: dict) -> None:
             out.print(
                 f"  held-out loss  {p['val_loss']:.3f} nats/token vs unigram baseline {p['unigram_baseline']:.3f}"
             )
+    if "evaluate" in s:
+        e = s["evaluate"]
+        out.print(f"\n[bold]Post-training[/] (exact-answer accuracy on {e['n']} held-out synthetic math problems, greedy)")
+        out.print("  " + "  →  ".join(f"{name} {acc:.1%}" for name, acc in e["accuracy"].items()))
+        for name in ("sft", "dpo"):
+            out.print(f"  {name} checkpoint {s[name]['checkpoint']}")
+        for chat in e["chats"]:
+            out.print(f"  [bold]user:[/] {_escape(chat['prompt'])}\n  [bold]assistant:[/] {_escape(chat['reply'])}")
+    if "pretrain" in s:
+        p = s["pretrain"]
+        final = s["dpo"]["checkpoint"] if "dpo" in s else p["checkpoint"]
         out.print(f"\n  lmforge generate {p['checkpoint']} --prompt 'def '")
-        out.print(f"  lmforge chat {p['checkpoint']}")
+        out.print(f"  lmforge chat {final}")
         out.print(f"  python -c \"from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained('{p['checkpoint']}')\"")
 
 

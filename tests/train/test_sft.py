@@ -71,6 +71,10 @@ def test_sft_loss_falls_and_the_checkpoint_chats(pretrained, tmp_path):
     report = json.loads((tmp_path / "sft" / "sft_data.json").read_text())
     assert report["train_conversations"] + report["val_conversations"] == 160 and report["val_conversations"] > 0
     assert report["packing"]["padding_fraction"] <= 0.05
+    train_records = [json.loads(r) for r in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    padding = [r["padding_fraction"] for r in train_records if r["kind"] == "train"]
+    # per step, measured on the batches it trained on: around the packer's overall figure
+    assert len(padding) == 40 and abs(sum(padding) / 40 - report["packing"]["padding_fraction"]) < 0.02, padding
     summary = result.summary()
     assert summary["val_loss"] is not None and summary["val_loss"] < losses[0]
     meta = json.loads((Path(summary["checkpoint"]) / "lmforge.json").read_text())
@@ -108,3 +112,27 @@ def test_sft_needs_a_checkpoint_and_chat_data(tmp_path):
 
     with pytest.raises(ConfigError, match="train.init_from is not set"):
         train_sft(load_recipe(None, [f"out_dir={tmp_path}"]))
+
+
+def test_sft_cli_names_a_bad_record_or_skips_it_with_skip_bad(pretrained, tmp_path):
+    from typer.testing import CliRunner
+
+    from lmforge.cli import app
+    from lmforge.data.document import DataError
+
+    data = tmp_path / "chat.jsonl"
+    lines = [json.dumps(c) for c in _chats(40)]
+    lines[6] = json.dumps({"conversations": [{"from": "gpt", "value": "an answer before any question"}]})
+    data.write_text("\n".join(lines) + "\n")
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text(
+        f"out_dir: {tmp_path}\nsft: {{train: [{data}], val_fraction: 0.1}}\n"
+        f"train: {{init_from: {pretrained}, seq_len: 256, batch_size: 2, max_steps: 2, num_threads: 1, device: cpu, "
+        f"dtype: float32, progress: false, tensorboard: false}}\n"
+    )
+    failed = CliRunner().invoke(app, ["sft", str(recipe)])
+    assert isinstance(failed.exception, DataError) and str(failed.exception).startswith(f"{data}:7: turn 0 is 'assistant'")
+    done = CliRunner().invoke(app, ["sft", str(recipe), "--skip-bad"])
+    assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "sft" / "sft_data.json").read_text())
+    assert report["bad_records"] == 1 and report["train_conversations"] + report["val_conversations"] == 39
