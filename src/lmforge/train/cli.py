@@ -89,7 +89,7 @@ def _finetune_summary(result, what: str) -> None:
     console.print(f"\n[bold]done:[/] step {s['step']:,}{loss}")
     if s["val_loss"] is not None:
         say(f"  held-out loss  {s['val_loss']:.4f} {what}")
-    for key in ("eval_reward_accuracy", "eval_reward_margin"):
+    for key in ("eval_reward_accuracy", "eval_reward_margin", "eval_kl_t1", "eval_teacher_ce"):
         if key in result.metrics:
             say(f"  {key.removeprefix('eval_').replace('_', ' '):<14} {result.metrics[key]:.4f} (held out)")
     say(f"  checkpoint     {s['checkpoint']}")
