@@ -45,6 +45,17 @@ def test_alpaca_and_trailing_user_turns():
     assert parse_conversation({"instruction": "Say hi", "output": "hi"})[0] == {"role": "user", "content": "Say hi"}
     assert parse_conversation({"messages": TURNS + [{"role": "user", "content": "unanswered"}]}) == TURNS
 
+def test_prompts_mode_keeps_the_question_a_teacher_will_answer():
+    question = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why is the sky blue?"}]}
+    with pytest.raises(ValueError, match="no user or assistant turns"):
+        parse_conversation(question)  # for training the unanswered question is cut: nothing is left
+    assert parse_conversation(question, prompts=True) == question["messages"]
+    assert parse_conversation({"instruction": "Name a prime."}, prompts=True) == [{"role": "user", "content": "Name a prime."}]
+    answered = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+    assert parse_conversation(answered, prompts=True)[-1] == {"role": "assistant", "content": "hello"}
+    with pytest.raises(ValueError, match="expected 'user'"):
+        parse_conversation({"messages": [{"role": "assistant", "content": "hello"}]}, prompts=True)
+
 
 @pytest.mark.parametrize(
     "line, why",

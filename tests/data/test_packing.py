@@ -104,3 +104,16 @@ def test_real_conversations_pack_with_little_padding(shared_data, tmp_path, show
     assert s.conversations == len(convs) and s.rows == len(rows)
     assert s.padding_fraction <= 0.05
     assert sum(len(set(r.segment_ids)) for r in rows) == s.conversations - s.dropped_overlong
+
+
+def test_collate_labels_are_the_next_tokens_of_the_assistant_replies():
+    examples = _examples(10, seed=3, max_len=30)
+    rows = list(Packer(seq_len=64).pack(examples))
+    batch = collate(rows, pad_id=0, seq_len=64)
+    for b, row in enumerate(rows):
+        ids, labels = batch["input_ids"][b].tolist(), batch["labels"][b].tolist()
+        for t, target in enumerate(labels):
+            if target != IGNORE_INDEX:
+                assert target == ids[t + 1]  # the token after position t, never the token at t
+        # exactly the tokens the conversations label (the assistant's) are predicted, one step early
+        assert [x for x in labels if x != IGNORE_INDEX] == [x for x in row.labels if x != IGNORE_INDEX]

@@ -154,6 +154,7 @@ def test_saved_adapter_loads_with_peft_over_transformers_and_merges(pretrained, 
     from transformers import AutoModelForCausalLM
 
     from lmforge.infer.engine import Engine
+    from lmforge.infer.sampling import SamplingConfig
     from lmforge.model.hf import load_pretrained
     from lmforge.train.lora import merge_lora
 
@@ -174,8 +175,9 @@ def test_saved_adapter_loads_with_peft_over_transformers_and_merges(pretrained, 
     with torch.no_grad():
         torch.testing.assert_close(load_pretrained(merged_dir)(_ids()).logits, logits, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(merged_dir)(_ids()).logits, logits, atol=1e-5, rtol=1e-5)
-    reply = Engine.from_checkpoint(merged_dir, device="cpu").chat([{"role": "user", "content": "What is 3 plus 4?"}])
-    assert isinstance(reply, str)
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=12)
+    reply = Engine.from_checkpoint(merged_dir, device="cpu").chat([{"role": "user", "content": "What is 3 plus 4?"}], greedy)
+    assert isinstance(reply, str) and reply
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
 
 

@@ -59,19 +59,24 @@ class Conversation:
     metadata: dict = field(default_factory=dict)  # the record's other fields
 
 
-def parse_conversation(record: dict) -> list[dict]:
-    """The messages of one record in any accepted format; ``ValueError`` says what is wrong."""
+def parse_conversation(record: dict, prompts: bool = False) -> list[dict]:
+    """The messages of one record in any accepted format; ``ValueError`` says what is wrong.
+
+    ``prompts=True`` reads prompts for a teacher to answer: a conversation may then end with
+    the user's turn (it is kept), or with an assistant reply (which the teacher will replace)."""
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
     if "messages" in record:
         turns = record["messages"]
     elif "conversations" in record:
         turns = record["conversations"]
-    elif "instruction" in record and "output" in record:
+    elif "instruction" in record and ("output" in record or prompts):
         prompt = record["instruction"]
         if record.get("input"):
             prompt = f"{prompt}\n\n{record['input']}"
-        turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]
+        turns = [{"role": "user", "content": prompt}]
+        if "output" in record:
+            turns.append({"role": "assistant", "content": record["output"]})
     else:
         raise ValueError(f"no 'conversations', 'messages' or 'instruction'/'output' fields (fields: {', '.join(list(record)[:8])})")
     if not isinstance(turns, list) or not turns:
@@ -92,14 +97,15 @@ def parse_conversation(record: dict) -> list[dict]:
         raise ValueError(f"'system' must be a string, got {type(system).__name__}")
     if system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system})
-    if len(messages) > 1 and messages[-1]["role"] == "user":
+    if not prompts and len(messages) > 1 and messages[-1]["role"] == "user":
         messages.pop()  # a question left unanswered teaches nothing; the turns before it still do
-    check_turns(messages)
+    check_turns(messages, answered=not prompts)
     return messages
 
 
-def check_turns(messages: list[dict]) -> None:
-    """Optional system first, then user/assistant alternating from the user, ending with the assistant."""
+def check_turns(messages: list[dict], answered: bool = True) -> None:
+    """Optional system first, then user/assistant alternating from the user, ending with the
+    assistant (or, with ``answered=False``, with either)."""
     body = messages[1:] if messages and messages[0]["role"] == "system" else messages
     if not body:
         raise ValueError("no user or assistant turns")
@@ -107,14 +113,15 @@ def check_turns(messages: list[dict]) -> None:
         expected = "user" if i % 2 == 0 else "assistant"
         if message["role"] != expected:
             raise ValueError(f"turn {i + len(messages) - len(body)} is {message['role']!r}, expected {expected!r} (turns alternate user/assistant)")
-    if body[-1]["role"] != "assistant":
+    if answered and body[-1]["role"] != "assistant":
         raise ValueError("no assistant turn: nothing to learn from")
 
 
 def read_conversations(
-    paths: Iterable[str | os.PathLike] | str | os.PathLike, skip_bad: bool = False, stats: ReadStats | None = None
+    paths: Iterable[str | os.PathLike] | str | os.PathLike, skip_bad: bool = False, stats: ReadStats | None = None, prompts: bool = False
 ) -> Iterator[Conversation]:
-    """Every conversation in jsonl files or directories of them, in a deterministic order."""
+    """Every conversation in jsonl files or directories of them, in a deterministic order
+    (``prompts``: see ``parse_conversation``)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     stats = stats if stats is not None else ReadStats()
@@ -123,16 +130,16 @@ def read_conversations(
         if fmt != "jsonl":
             raise DataError(f"{path}: chat data must be jsonl (.jsonl, .jsonl.gz, .jsonl.zst), not {fmt}")
         stats.files.append({"path": str(path), "bytes": path.stat().st_size})
-        yield from _read_file(Path(path), compression, skip_bad, stats)
+        yield from _read_file(Path(path), compression, skip_bad, stats, prompts)
 
 
-def _read_file(path: Path, compression: str, skip_bad: bool, stats: ReadStats) -> Iterator[Conversation]:
+def _read_file(path: Path, compression: str, skip_bad: bool, stats: ReadStats, prompts: bool) -> Iterator[Conversation]:
     for line_no, raw in _lines(path, compression):
         if not raw.strip():
             continue
         try:
             record = json.loads(raw)
-            messages = parse_conversation(record)
+            messages = parse_conversation(record, prompts)
         except ValueError as exc:  # JSON and UTF-8 errors are ValueErrors too
             message = f"{path}:{line_no}: {exc}"
             if not skip_bad:

@@ -143,8 +143,9 @@ class Packer:
 
 
 def collate(rows: list[PackedRow], pad_id: int = 0, seq_len: int | None = None) -> dict[str, torch.Tensor]:
-    """A batch: ids/labels/positions padded to ``seq_len`` and a [B, 1, T, T] bool mask that lets
-    each token see only earlier tokens of its own conversation (padding sees only itself)."""
+    """A batch: ids, next-token labels (``labels[t]`` is the target after ``input_ids[t]``) and
+    positions padded to ``seq_len``, and a [B, 1, T, T] bool mask that lets each token see only
+    earlier tokens of its own conversation (padding sees only itself)."""
     T = seq_len or max(len(r.input_ids) for r in rows)
     B = len(rows)
     input_ids = torch.full((B, T), pad_id, dtype=torch.long)
@@ -154,7 +155,9 @@ def collate(rows: list[PackedRow], pad_id: int = 0, seq_len: int | None = None) 
     for b, r in enumerate(rows):
         n = len(r.input_ids)
         input_ids[b, :n] = torch.tensor(r.input_ids)
-        labels[b, :n] = torch.tensor(r.labels)
+        # Next-token targets: position t predicts token t + 1. Shifting across a conversation
+        # boundary is harmless: every conversation starts with an unlabelled <|im_start|>.
+        labels[b, : n - 1] = torch.tensor(r.labels[1:], dtype=torch.long)
         position_ids[b, :n] = torch.tensor(r.position_ids)
         segments[b, :n] = torch.tensor(r.segment_ids)
     same = segments[:, :, None] == segments[:, None, :]

@@ -55,6 +55,8 @@ class EngineBackend:
     """A local checkpoint through ``lmforge.infer.Engine``; one ``chat`` call is one batch."""
 
     def __init__(self, engine) -> None:
+        if not getattr(engine.tokenizer, "chat_template", None):
+            raise ConfigError(f"teacher {engine.checkpoint_dir}: its tokenizer has no chat template to render the prompts with")
         self.engine = engine
         self.description = f"checkpoint {engine.checkpoint_dir}" if engine.checkpoint_dir else "engine"
 

@@ -46,7 +46,7 @@ def _presentable(wrong: Sequence[Fraction], right: Sequence[Fraction], style: st
 
 
 def _slipped(rng: random.Random, value: Fraction) -> list[Fraction]:
-    """Plausible wrong results for a step, most plausible first after a shuffle."""
+    """Plausible wrong results for a step, in a seeded random order."""
     if value.denominator != 1 and abs(value) < 1:  # a fraction: slip its numerator
         candidates = [Fraction(value.numerator + d, value.denominator) for d in (1, -1, 2)]
     else:

@@ -90,3 +90,74 @@ def write_teacher_answers(
     output.finish(stats)
     return stats
 
+
+
+def train_blackbox(recipe, resume: bool = False, hooks=()):
+    """Black-box distillation (``distill.mode=blackbox``): the teacher answers the user turns of
+    ``distill.prompts`` into ``{run_dir}/teacher_sft.jsonl`` (resumable), then the student
+    (``train.init_from``) is fine-tuned on those answers by the ordinary SFT stage.
+
+    The teacher may be any checkpoint (its own tokenizer: nothing is shared with the student
+    but text) or an OpenAI-compatible endpoint (``distill.teacher=http://host/v1``,
+    ``distill.teacher_model``, the key in ``$distill.api_key_env``).
+    """
+    import dataclasses
+
+    from lmforge.config import ConfigError
+    from lmforge.data.chat import read_conversations
+    from lmforge.data.readers import ReadStats
+    from lmforge.io import write_json_atomic
+    from lmforge.train.metrics import say
+    from lmforge.train.sft import train_sft
+
+    cfg, train = recipe.distill, recipe.train
+    if not cfg.teacher:
+        raise ConfigError("distill.teacher is not set: a checkpoint directory or an OpenAI-compatible endpoint (http://host/v1)")
+    if not cfg.prompts:
+        raise ConfigError("distill.prompts is not set: chat jsonl files whose user turns the teacher answers")
+    if not train.init_from:
+        raise ConfigError("train.init_from is not set: the student checkpoint to fine-tune on the teacher's answers")
+    run_dir = Path(train.out_dir or Path(recipe.out_dir) / "distill")
+    data_file = run_dir / "teacher_sft.jsonl"
+    # Under torchrun rank 0 alone asks the teacher; the other ranks wait for its finished file.
+    if int(os.environ.get("RANK", "0")) != 0:
+        _wait_for_teacher_data(data_file)
+    else:
+        read_stats = ReadStats()
+        conversations = [c.messages for c in read_conversations(cfg.prompts, skip_bad=recipe.sft.skip_bad, stats=read_stats, prompts=True)]
+        if not conversations:
+            raise ConfigError(f"distill.prompts: no conversations in {cfg.prompts}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        say(f"distill (blackbox): {cfg.teacher} answers {len(conversations):,} prompts → {data_file}")
+        stats = write_teacher_answers(
+            cfg.teacher, conversations, data_file, model=cfg.teacher_model, api_key_env=cfg.api_key_env,
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.teacher_temperature, seed=train.seed, resume=True,
+            progress=train.progress,
+        )  # fmt: skip
+        stats["bad_prompt_records"] = read_stats.bad_lines
+        write_json_atomic(run_dir / "distill_data.json", {"mode": "blackbox", "teacher": cfg.teacher, "prompts": cfg.prompts, "teacher_answers": stats})
+        if not stats["answered"]:
+            raise ConfigError(f"distill: the teacher answered none of the {len(conversations)} prompts; see {data_file}.stats.json")
+    sft_recipe = dataclasses.replace(
+        recipe,
+        train=dataclasses.replace(train, out_dir=str(run_dir)),
+        sft=dataclasses.replace(recipe.sft, train=[str(data_file)]),
+    )
+    return train_sft(sft_recipe, resume=resume, hooks=hooks)
+
+
+def _wait_for_teacher_data(data_file: Path, timeout_s: float = 6 * 3600, poll_s: float = 5.0) -> None:
+    import time
+
+    from lmforge.config import ConfigError
+
+    state_path = data_file.with_name(data_file.name + ".stats.json")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if json.loads(state_path.read_text(encoding="utf-8")).get("finished"):
+                return
+        except (FileNotFoundError, ValueError):
+            pass  # not written yet, or being replaced
+        time.sleep(poll_s)
+    raise ConfigError(f"{state_path}: rank 0 did not finish the teacher's answers within {timeout_s / 3600:.0f} h")

@@ -164,6 +164,7 @@ def synthesize_from_template(
     """
     from lmforge.data.readers import TXT_MODES, read_documents
 
+    seeds = [seeds] if isinstance(seeds, (str, Path)) else list(seeds)
     if txt_mode not in TXT_MODES:
         raise ConfigError(f"txt_mode must be one of {', '.join(TXT_MODES)}; got {txt_mode!r}")
     if batch_size < 1:

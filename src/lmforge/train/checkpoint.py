@@ -86,8 +86,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if (path / "config.json").is_file():
         return path
     run_dir = path.parent if path.name == CHECKPOINTS_DIR else path
-    latest = latest_checkpoint(run_dir)
+    latest = path if (path / "adapter_config.json").is_file() else latest_checkpoint(run_dir)
     if latest is not None:
+        if not (latest / "config.json").is_file() and (latest / "adapter_config.json").is_file():
+            raise FileNotFoundError(
+                f"{latest}: a LoRA adapter (adapter_config.json), not a full checkpoint; "
+                f"fold it into its base first: lmforge lora merge {latest} --out DIR"
+            )
         return latest
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint or run directory")
