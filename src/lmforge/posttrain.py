@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lmforge.config import ConfigError, apply_overrides, build, to_dict
-from lmforge.io import write_json_atomic
+from lmforge.io import write_json_atomic, write_text_atomic
 
 
 @dataclass
@@ -52,9 +52,12 @@ class PostTrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-# Paths are filled in from upstream stages and reporting settings do not change a stage's
-# output: neither belongs in its cache key.
-_TRAIN_IGNORED = ("shards", "tokenizer", "out_dir", "init_from", "progress", "tensorboard", "wandb_project", "log_every", "ckpt_every", "keep_last")
+# Settings that change how a training stage reports or how often it saves, never what it
+# produces, and paths the runner fills in from upstream stages: none belongs in a cache key, so
+# `--set train.progress=false` does not retrain from scratch. (Pretraining keeps init_from: there
+# it is a user's choice, here it is the upstream stage's checkpoint.)
+TRAIN_KEYS_NOT_IN_CACHE_KEY = ("shards", "tokenizer", "out_dir", "progress", "tensorboard", "wandb_project", "log_every", "ckpt_every", "keep_last")
+_TRAIN_IGNORED = (*TRAIN_KEYS_NOT_IN_CACHE_KEY, "init_from")
 
 
 def stage_recipe(recipe, overrides: list[str], section: str):
@@ -92,9 +95,7 @@ def eval_settings(recipe) -> dict:
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> str:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return str(path)
 
 
@@ -162,7 +163,7 @@ def run_evaluate(ctx) -> dict:
     results = {}
     for name, checkpoint in models.items():
         engine = Engine.from_checkpoint(checkpoint)
-        results[name] = {"checkpoint": checkpoint, **math_accuracy(engine, problems, max_new_tokens=p.eval_max_new_tokens)}
+        results[name] = {"checkpoint": checkpoint, **math_accuracy(engine, problems, max_new_tokens=p.eval_max_new_tokens, strict=True)}
         console.print(f"  {name:<5} exact-answer accuracy {results[name]['accuracy']:.1%} on {results[name]['n']} held-out problems")
     final = Engine.from_checkpoint(models["dpo"])
     greedy = SamplingConfig(max_new_tokens=p.eval_max_new_tokens, temperature=0.0)

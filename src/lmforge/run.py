@@ -168,10 +168,9 @@ def _run_shards(ctx: StageContext) -> dict:
     return {"dir": str(ctx.dir / "shards"), "tokens": splits, "unigram_entropy_nats": manifest.get("unigram_entropy_nats")}
 
 
-# Settings that change how a stage reports or how often it saves, never what it produces: they
-# stay out of the cache key, so `--set train.progress=false` does not retrain from scratch.
+# Settings that change how a stage runs or reports, never what it produces, stay out of the cache key.
 _SHARDS_IGNORED = ("workers", "batch_chars")
-_PRETRAIN_IGNORED = ("shards", "tokenizer", "out_dir", "progress", "tensorboard", "wandb_project", "log_every", "ckpt_every", "keep_last")
+_PRETRAIN_IGNORED = posttrain.TRAIN_KEYS_NOT_IN_CACHE_KEY
 
 
 def _shards_settings(r: Recipe) -> dict:

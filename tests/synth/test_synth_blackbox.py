@@ -61,10 +61,13 @@ def test_blackbox_distill_from_a_local_teacher_checkpoint(tiny_checkpoint, tmp_p
     prompts = _prompts(tmp_path / "prompts.jsonl", n=12)
     result = CliRunner().invoke(app, ["distill", *_recipe(tmp_path, tiny_checkpoint, tiny_checkpoint, prompts, "train.max_steps=2")])
     stats = json.loads((tmp_path / "distill" / "teacher_sft.jsonl.stats.json").read_text())["stats"]
-    # A random teacher writes garbage, some of it empty; every prompt is accounted for.
-    assert stats["answered"] + stats["rejected"]["empty"] + stats["skipped"]["no_user_turn"] == 12
-    if stats["answered"] >= 2:
+    # A random teacher writes garbage (reserved tokens that decode to nothing, or text cut off at
+    # max_new_tokens): every prompt is accounted for, and nothing of it is kept.
+    assert stats["answered"] + sum(stats["rejected"].values()) + stats["skipped"]["no_user_turn"] == 12
+    if stats["answered"]:
         assert result.exit_code == 0, result.output
+    else:  # nothing to learn from: said so, not a crash
+        assert "the teacher answered none" in str(result.exception)
 
 
 def test_blackbox_distill_needs_a_teacher_and_prompts(tiny_checkpoint, tmp_path):

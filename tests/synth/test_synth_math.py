@@ -130,12 +130,18 @@ def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
 
 
+def test_strict_extraction_wants_a_stated_answer():
+    assert extract_answer("We get 10 then 12", strict=True) is None
+    assert extract_answer("17 - 4 = 13\nAnswer: 13", strict=True) == "13"
+    assert extract_answer("所以剩下3个。\n答案：3", strict=True) == "3"
+
+
 @pytest.mark.parametrize(
     "pred, gold, same",
     [
         ("3/4", "0.75", True), ("0.750", "3/4", True), ("1,234", "1234", True), ("１２", "12", True),
         ("2.50", "2.5", True), ("6/8", "3/4", True), ("-3", "-3", True), ("0.33", "1/3", True),
-        ("0.3", "1/3", False), ("7", "8", False), (None, "8", False), ("abc", "8", False), ("8", "8.01", False),
+        ("0.3", "1/3", False), ("2.12", "2.125", False), ("0.12", "1/8", False), ("0.125", "1/8", True), ("7", "8", False), (None, "8", False), ("abc", "8", False), ("8", "8.01", False),
     ],
 )  # fmt: skip
 def test_answers_match(pred, gold, same):

@@ -56,7 +56,9 @@ def test_template_run_against_an_openai_endpoint(fake_openai, seed_file, tmp_pat
     assert len(asked) == 21 and {r["model"] for r in asked} == {"fake-teacher"}  # the endpoint's first model
     assert {r["max_tokens"] for r in asked} == {64} and {r["temperature"] for r in asked} == {0.7}
     assert len({r["seed"] for r in asked}) == 21 and {r["authorization"] for r in asked} == {"Bearer sk-test"}
-    assert "This is seed 0" in asked[0]["messages"][0]["content"] and "[Problem]" in asked[0]["messages"][0]["content"]
+    # requests run concurrently, so their order at the server is not the seeds' order
+    prompts = [r["messages"][0]["content"] for r in asked]
+    assert any("This is seed 0:" in p for p in prompts) and all("[Problem]" in p for p in prompts)
     state = _stats(out)
     assert state["finished"] and state["done"] == 22 and state["stats"] == stats
 
@@ -140,7 +142,7 @@ def test_teacher_answers_resume_and_stats(fake_openai, tmp_path):
     conversations[6] = [{"role": "user", "content": "question silent"}]
     full = tmp_path / "teacher.jsonl"
     stats = write_teacher_answers(fake_openai.url, conversations, full, batch_size=4, seed=1)
-    assert stats["answered"] == 7 and stats["skipped"] == {"no_user_turn": 1} and stats["rejected"] == {"empty": 1}
+    assert stats["answered"] == 7 and stats["skipped"] == {"no_user_turn": 1} and stats["rejected"] == {"empty": 1, "truncated": 0}
     records = _read(full)
     assert [r["source_index"] for r in records] == [0, 1, 2, 3, 5, 7, 8]
     assert records[1]["messages"][0] == {"role": "system", "content": "Be brief."}
@@ -155,3 +157,19 @@ def test_teacher_answers_resume_and_stats(fake_openai, tmp_path):
     assert crashed.read_bytes() == full.read_bytes()
     with pytest.raises(ConfigError, match="conversations_sha256"):
         write_teacher_answers(fake_openai.url, conversations[:-1] + [[{"role": "user", "content": "question 9"}]], crashed, batch_size=4, seed=1)
+
+
+def test_teacher_answers_cut_off_at_max_new_tokens_are_rejected(tmp_path):
+    from lmforge.synth.backends import Reply
+
+    class CutOff:
+        description = "stub teacher"
+
+        def chat(self, conversations, **kwargs):
+            return [Reply(f"reply {i}", "length" if i % 2 else "stop") for i, _ in enumerate(conversations)]
+
+    conversations = [[{"role": "user", "content": f"question {i}"}] for i in range(6)]
+    stats = write_teacher_answers("stub", conversations, tmp_path / "t.jsonl", batch_size=6, backend=CutOff())
+    # a student trained on a cut-off reply would learn to stop mid-answer
+    assert stats["answered"] == 3 and stats["rejected"] == {"empty": 0, "truncated": 3}
+    assert [r["source_index"] for r in _read(tmp_path / "t.jsonl")] == [0, 2, 4]

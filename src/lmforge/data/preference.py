@@ -51,10 +51,6 @@ class PreferencePair:
     line: int = 0
     metadata: dict = field(default_factory=dict)  # the record's other fields
 
-    def messages(self) -> list[dict]:
-        """Prompt and both replies as one message list (what the held-out hash is taken of)."""
-        return self.prompt + [{"role": "assistant", "content": self.chosen}, {"role": "assistant", "content": self.rejected}]
-
 
 def _reply_turns(reply, key: str) -> list:
     if isinstance(reply, str):

@@ -62,19 +62,24 @@ def parse_number(text: str) -> Fraction:
     return value / 100 if percent else value
 
 
+def _decimal_places(value: Fraction) -> int | None:
+    """How many decimal places write ``value`` exactly, or None when its decimal never ends (1/3)."""
+    den, twos, fives = value.denominator, 0, 0
+    while den % 2 == 0:
+        den, twos = den // 2, twos + 1
+    while den % 5 == 0:
+        den, fives = den // 5, fives + 1
+    return max(twos, fives) if den == 1 else None
+
+
 def format_number(value: Fraction | int, style: str = "decimal") -> str:
     """The canonical string of an exact value (see the module docstring for the rule)."""
     value = Fraction(value)
     if value.denominator == 1:
         return str(value.numerator)
     if style == "decimal":
-        den, twos, fives = value.denominator, 0, 0
-        while den % 2 == 0:
-            den, twos = den // 2, twos + 1
-        while den % 5 == 0:
-            den, fives = den // 5, fives + 1
-        if den == 1:  # a terminating decimal with exactly max(twos, fives) places
-            places = max(twos, fives)
+        places = _decimal_places(value)
+        if places is not None:  # a terminating decimal, written with exactly its places
             scaled = abs(value.numerator * 10**places // value.denominator)
             digits = str(scaled).rjust(places + 1, "0")
             text = f"{digits[:-places]}.{digits[-places:]}".rstrip("0").rstrip(".")
@@ -84,22 +89,26 @@ def format_number(value: Fraction | int, style: str = "decimal") -> str:
     return f"{value.numerator}/{value.denominator}"
 
 
-def answer_span(text: str) -> tuple[int, int] | None:
+def answer_span(text: str, strict: bool = False) -> tuple[int, int] | None:
     """Where in (normalized) ``text`` the stated answer is, by ``extract_answer``'s priorities."""
     for pattern, take_last in ((_FINAL_LINE_RE, False), (_GSM8K_RE, False), (_BOXED_RE, True), (_ANSWER_IS_RE, True)):
         hits = list(pattern.finditer(text))
         if hits:
             return (hits[-1] if take_last else hits[0]).span(1)
+    if strict:
+        return None
     numbers = list(_NUMBER_RE.finditer(text))
     return numbers[-1].span() if numbers else None
 
 
-def extract_answer(text: str | None) -> str | None:
-    """The final answer a reply states, as a number string (commas removed), or None."""
+def extract_answer(text: str | None, strict: bool = False) -> str | None:
+    """The final answer a reply states, as a number string (commas removed), or None.
+    ``strict``: only an answer stated as such (final line, ``####``, boxed, "the answer is"),
+    never the last number of a reply that states none."""
     if not text:
         return None
     text = normalize_text(text)
-    span = answer_span(text)
+    span = answer_span(text, strict)
     return None if span is None else _clean(text[span[0] : span[1]]).rstrip("%")
 
 
@@ -114,9 +123,10 @@ def answers_match(pred: str | None, gold: str | None) -> bool:
         return normalize_text(str(pred)).strip().lower() == normalize_text(str(gold)).strip().lower()
     if p == g:
         return True
-    # "0.33" for 1/3: a decimal with >= 2 places matches the gold value rounded to as many places.
+    # "0.33" for 1/3: a decimal with >= 2 places matches the gold value rounded to as many places —
+    # only when the gold value has no exact decimal (2.125 must be written 2.125, not 2.12).
     m = re.fullmatch(r"-?\d+\.(\d{2,})", _clean(normalize_text(str(pred)).strip()))
-    if m and g.denominator != 1:
+    if m and _decimal_places(g) is None:
         places = len(m.group(1))
         return round(g, places) == p
     return False

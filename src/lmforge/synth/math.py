@@ -231,8 +231,11 @@ def problem_prompt(record: dict) -> tuple[list[dict], str]:
     return prompt, str(gold)
 
 
-def math_accuracy(engine, records: Sequence[dict], max_new_tokens: int = 128, batch_size: int = 32, n_examples: int = 5) -> dict:
+def math_accuracy(engine, records: Sequence[dict], max_new_tokens: int = 128, batch_size: int = 32, n_examples: int = 5, strict: bool = False) -> dict:
     """Exact-answer accuracy of greedy replies, overall and by level / language / kind.
+
+    ``strict``: a reply must state its answer (``Answer: N``, ``#### N``, ...); otherwise the
+    last number it mentions counts, as GSM8K scoring usually does.
 
     Prompts are sorted by length before batching (less padding), replies put back in order.
     Returns ``{"accuracy", "n", "correct", "by_level", "by_lang", "by_kind", "examples"}``; the
@@ -258,7 +261,7 @@ def math_accuracy(engine, records: Sequence[dict], max_new_tokens: int = 128, ba
     groups: dict[str, dict[str, dict]] = {"by_level": {}, "by_lang": {}, "by_kind": {}}
     correct, examples = 0, []
     for i, (record, (messages, gold)) in enumerate(zip(records, asked)):
-        pred = extract_answer(replies[i])
+        pred = extract_answer(replies[i], strict=strict)
         ok = answers_match(pred, gold)
         correct += ok
         for group, key in (("by_level", "level"), ("by_lang", "lang"), ("by_kind", "kind")):
@@ -271,4 +274,4 @@ def math_accuracy(engine, records: Sequence[dict], max_new_tokens: int = 128, ba
     for cells in groups.values():
         for cell in cells.values():
             cell["accuracy"] = cell["correct"] / cell["n"]
-    return {"accuracy": correct / len(records), "n": len(records), "correct": correct, **groups, "examples": examples}
+    return {"accuracy": correct / len(records), "n": len(records), "correct": correct, "strict": strict, **groups, "examples": examples}

@@ -6,8 +6,8 @@ and appends ``{"messages": [..., {"role": "assistant", "content": reply}], "sour
 records: SFT data in OpenAI format for the student (``lmforge distill`` with
 ``distill.mode=blackbox``). Like template synthesis it is resumable — rerun after a crash and it
 continues, with the same final file — and the stats (``OUT.stats.json``) count answered,
-skipped (no user turn), rejected (empty reply) and truncated (cut off at ``max_new_tokens``,
-kept) conversations::
+skipped (no user turn) and rejected conversations: an empty reply, or one cut off at
+``max_new_tokens`` (the student would learn to stop mid-answer)::
 
     conversations = [c.messages for c in read_conversations(["prompts.jsonl"])]
     stats = write_teacher_answers("http://127.0.0.1:8000/v1", conversations, "runs/distill/teacher.jsonl", model="qwen")
@@ -56,7 +56,7 @@ def write_teacher_answers(
         "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
         "conversations": len(conversations), "conversations_sha256": digest,
     }  # fmt: skip
-    fresh = {"conversations": len(conversations), "answered": 0, "skipped": {"no_user_turn": 0}, "rejected": {"empty": 0}, "truncated": 0}
+    fresh = {"conversations": len(conversations), "answered": 0, "skipped": {"no_user_turn": 0}, "rejected": {"empty": 0, "truncated": 0}}
     output = ResumableJsonl(out_path, inputs, fresh, resume=resume)
     stats = output.stats
     if output.done < len(conversations):
@@ -80,11 +80,13 @@ def write_teacher_answers(
                 if not text:
                     stats["rejected"]["empty"] += 1
                     continue
-                stats["truncated"] += reply.finish_reason == "length"
+                if reply.finish_reason == "length":
+                    stats["rejected"]["truncated"] += 1
+                    continue
                 stats["answered"] += 1
                 records.append({"messages": [*prompt, {"role": "assistant", "content": text}], "source_index": i})
             output.commit(records, len(indices), stats)
-            bar.update(output.done, stats["answered"], stats["rejected"]["empty"])
+            bar.update(output.done, stats["answered"], sum(stats["rejected"].values()))
     finally:
         bar.close()
     output.finish(stats)

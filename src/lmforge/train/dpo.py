@@ -268,8 +268,9 @@ def prepare_preference_data(dcfg, seq_len: int, tokenizer) -> PreferenceData:
     if dcfg.val:
         val, report["val_read"] = _read(dcfg.val, dcfg.skip_bad, "val")
     else:
-        val = [p for p in train if _held_out(p.messages(), dcfg.val_fraction)]
-        train = [p for p in train if not _held_out(p.messages(), dcfg.val_fraction)]
+        # Split by prompt: pairs sharing a prompt (several per prompt is common) stay on one side.
+        val = [p for p in train if _held_out(p.prompt, dcfg.val_fraction)]
+        train = [p for p in train if not _held_out(p.prompt, dcfg.val_fraction)]
     encoded = {}
     for what, pairs in (("train", train), ("val", val)):
         stats = PreferenceStats()
@@ -320,6 +321,8 @@ def train_dpo(recipe, resume: bool = False, hooks: Iterable = ()) -> TrainResult
         data = prepare_preference_data(dcfg, cfg.seq_len, tokenizer)
         # The held-out set is the first eval_batches global batches of pairs, as in pretraining.
         data.val = data.val[: cfg.eval_batches * cfg.batch_size * cfg.grad_accum * env.world_size]
+        # Every rank must evaluate (its collectives pair up with the others'): equal shares.
+        data.val = data.val[: len(data.val) // env.world_size * env.world_size]
         pad_id = tokenizer.token_to_id("<|endoftext|>") or 0
         reference = _reference_model(model, parent, reference_dir, dcfg.reference, tokenizer_sha256(parent))
         if dcfg.reference == "precomputed":

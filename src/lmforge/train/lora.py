@@ -163,10 +163,8 @@ def train_lora(recipe, resume: bool = False, hooks: Iterable = ()) -> TrainResul
         raise ConfigError("train.init_from is not set: LoRA adapts a checkpoint (a run directory or checkpoint)")
     run_dir = Path(cfg.out_dir or Path(recipe.out_dir) / "lora")
     with training_session(cfg.device, cfg.num_threads) as env:
+        # An adapter given here is refused by resolve_checkpoint, with the merge command to run.
         parent = as_config_error("train.init_from", resolve_checkpoint, cfg.init_from).resolve()
-        if (parent / ADAPTER_CONFIG).is_file() and not (parent / "config.json").is_file():
-            raise ConfigError(f"train.init_from={cfg.init_from}: {parent} is a LoRA adapter, not a full checkpoint; "
-                              f"fold it into its base first: lmforge lora merge {parent} --out DIR")
         tokenizer = load_tokenizer(parent)
         torch.manual_seed(cfg.seed)  # the adapters' initialization
         base = as_config_error("train.init_from", lambda p: load_pretrained(p, device="cpu", dtype=torch.float32), parent)

@@ -110,8 +110,9 @@ def prepare_chat_data(scfg: SFTConfig, cfg: TrainConfig, tokenizer, env) -> Chat
     if not scfg.train:
         raise ConfigError("sft.train is not set: name chat jsonl files (MiniMind, ShareGPT, OpenAI, Alpaca or YAYI records)")
     train_convs, read_stats = _read(scfg.train, scfg.skip_bad, "train")
+    val_stats = ReadStats()
     if scfg.val:
-        val_convs, _ = _read(scfg.val, scfg.skip_bad, "val")
+        val_convs, val_stats = _read(scfg.val, scfg.skip_bad, "val")
     else:
         val_convs = [c for c in train_convs if _held_out(c, scfg.val_fraction)]
         train_convs = [c for c in train_convs if not _held_out(c, scfg.val_fraction)]
@@ -125,11 +126,16 @@ def prepare_chat_data(scfg: SFTConfig, cfg: TrainConfig, tokenizer, env) -> Chat
     eval_data = None
     if val_convs:
         val_rows = list(Packer(cfg.seq_len, scfg.overlong, scfg.pack_window).pack_messages(val_convs, tokenizer))
+        if cfg.eval_batches:  # the held-out set is the first eval_batches global batches, as in pretraining
+            val_rows = val_rows[: cfg.eval_batches * cfg.batch_size * cfg.grad_accum * env.world_size]
+        # Every rank must evaluate (its collectives pair up with the others'): equal shares.
+        val_rows = val_rows[: len(val_rows) // env.world_size * env.world_size]
         mine = val_rows[env.rank :: env.world_size]
-        eval_data = [collate(mine[i : i + cfg.batch_size], pad_id, cfg.seq_len) for i in range(0, len(mine), cfg.batch_size)]
+        eval_data = [collate(mine[i : i + cfg.batch_size], pad_id, cfg.seq_len) for i in range(0, len(mine), cfg.batch_size)] or None
     report = {
         "train_conversations": len(train_convs), "val_conversations": len(val_convs),
-        "bad_records": read_stats.bad_lines, "bad_examples": read_stats.bad_examples, "packing": packer.stats.as_dict(),
+        "bad_records": read_stats.bad_lines + val_stats.bad_lines, "bad_examples": (read_stats.bad_examples + val_stats.bad_examples)[:10],
+        "packing": packer.stats.as_dict(),
     }  # fmt: skip
     return ChatData(train_data, eval_data, report, packer, read_stats)
 
