@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from lmforge import run as run_module
-from lmforge.recipe import Recipe
+from lmforge.config import ConfigError
+from lmforge.recipe import Recipe, load_recipe
 from lmforge.run import Stage, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,12 +95,22 @@ def test_tiny_demo_end_to_end(tmp_path):
     assert Path(pretrain["loss_curve"]).is_file()
     samples = record["summaries"]["sample"]["samples"]
     assert samples and all(s["completion"] for s in samples)
+    # post-training: synthetic data → SFT → DPO → accuracy of each model on held-out problems
+    summaries = record["summaries"]
+    assert summaries["synth"]["counts"] == {"math_train": 400, "math_test": 40, "identity": 40, "pairs": 100}
+    assert summaries["sft"]["step"] == 20 and summaries["dpo"]["step"] == 6
+    evaluation = summaries["evaluate"]
+    assert set(evaluation["accuracy"]) == {"base", "sft", "dpo"} and evaluation["n"] == 40
+    assert all(0.0 <= a <= 1.0 for a in evaluation["accuracy"].values()) and len(evaluation["chats"]) == 3
+    assert "exact-answer accuracy" in proc.stdout
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(pretrain["checkpoint"])
     tokenizer = AutoTokenizer.from_pretrained(pretrain["checkpoint"])
     assert model.config.vocab_size >= len(tokenizer)
+    aligned = AutoModelForCausalLM.from_pretrained(summaries["dpo"]["checkpoint"])
+    assert AutoTokenizer.from_pretrained(summaries["dpo"]["checkpoint"]).chat_template and aligned.config.vocab_size == model.config.vocab_size
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -120,3 +131,23 @@ def test_reporting_settings_stay_out_of_cache_keys():
         assert stage_key(stages[name], quiet, inputs) == stage_key(stages[name], base, inputs)
     inputs = {k: up[k] for k in stages["pretrain"].inputs}
     assert stage_key(stages["pretrain"], other_lr, inputs) != stage_key(stages["pretrain"], base, inputs)
+
+
+def test_posttrain_stages_run_only_when_enabled_and_key_on_their_overrides():
+    from lmforge.posttrain import stage_recipe
+    from lmforge.run import STAGES, stage_key
+
+    stages = {s.name: s for s in STAGES}
+    off = load_recipe(None, [])
+    on = load_recipe(None, ["posttrain.enabled=true", "posttrain.sft=[train.lr=0.001, train.max_steps=50]"])
+    assert not stages["sft"].enabled(off) and stages["sft"].enabled(on) and stages["pretrain"].enabled(off)
+    assert stage_recipe(on, on.posttrain.sft, "sft").train.max_steps == 50
+    inputs = {"pretrain": "p", "synth": "s"}
+    quiet = load_recipe(None, ["posttrain.enabled=true", "posttrain.sft=[train.lr=0.001, train.max_steps=50, train.progress=false]"])
+    longer = load_recipe(None, ["posttrain.enabled=true", "posttrain.sft=[train.lr=0.001, train.max_steps=80]"])
+    key = stage_key(stages["sft"], on, inputs)
+    assert stage_key(stages["sft"], longer, inputs) != key
+    assert stage_key(stages["sft"], quiet, inputs) == key  # how a stage reports is not what it makes
+    assert stage_key(stages["pretrain"], on, {"shards": "x", "tokenizer": "y"}) == stage_key(stages["pretrain"], off, {"shards": "x", "tokenizer": "y"})
+    with pytest.raises(ConfigError, match="posttrain.sft: .*unknown key 'train.lrr'"):
+        stage_recipe(on, ["train.lrr=1"], "sft")

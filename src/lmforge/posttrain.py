@@ -73,7 +73,7 @@ def stage_recipe(recipe, overrides: list[str], section: str):
 def _training_settings(recipe, section: str, data_section: str) -> dict:
     r = stage_recipe(recipe, getattr(recipe.posttrain, section), section)
     train = {k: v for k, v in to_dict(r.train).items() if k not in _TRAIN_IGNORED}
-    return {"train": train, data_section: to_dict(getattr(r, data_section)), "overrides": getattr(recipe.posttrain, section)}
+    return {"train": train, data_section: to_dict(getattr(r, data_section))}
 
 
 def sft_settings(recipe) -> dict:

@@ -21,7 +21,7 @@ resumes from its latest checkpoint instead of starting over.
 
 Usage::
 
-    lmforge run recipes/demo.yaml                      # full demo (≤ 15 min on 2 CPU cores)
+    lmforge run recipes/demo.yaml                      # full demo (~18 min on 2 CPU cores)
     lmforge run recipes/demo-tiny.yaml                 # CI-sized (≤ 2 min)
     lmforge run recipes/demo.yaml --set train.max_steps=50 --until pretrain
 """

@@ -106,6 +106,12 @@ def test_the_loss_is_the_dpo_formula(pretrained):
     assert metrics["reward_accuracy"].item() == pytest.approx((margin > 0).float().mean().item())
     loss.backward()  # the policy gets a gradient through its log-probs
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
+    # RPO: + sft_weight × the chosen replies' per-token NLL
+    chosen_tokens = (batch["labels"][:3] != -100).sum(-1)
+    nll = (-pi_c / chosen_tokens).mean()
+    rpo, rpo_metrics = DPO(beta=0.5, sft_weight=0.7)(model, batch)
+    assert rpo.item() == pytest.approx(loss.item() + 0.7 * nll.item(), rel=1e-5)
+    assert rpo_metrics["chosen_nll"].item() == pytest.approx(nll.item(), rel=1e-5)
 
 
 def test_batches_group_lengths_split_like_one_batch_and_resume():

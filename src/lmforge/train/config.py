@@ -132,6 +132,7 @@ class DPOConfig:
     val: list[str] = field(default_factory=list)  # held-out pairs; empty: hold out val_fraction of train
     val_fraction: float = 0.05
     beta: float = 0.1  # strength of the KL anchor to the reference model (higher = stay closer)
+    sft_weight: float = 0.0  # + this × the chosen replies' per-token NLL (RPO / TRL's rpo_alpha); 0 = plain DPO
     # frozen: a copy of the starting model scores every batch (2x forward memory and compute);
     # precomputed: its log-probabilities are computed once before training and kept with the data.
     reference: Literal["frozen", "precomputed"] = "precomputed"
@@ -142,6 +143,8 @@ class DPOConfig:
     def __post_init__(self) -> None:
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
+        if not self.sft_weight >= 0:
+            raise ValueError(f"sft_weight must be >= 0, got {self.sft_weight}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
 

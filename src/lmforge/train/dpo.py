@@ -65,12 +65,18 @@ def sequence_logps(model: nn.Module, batch: dict):
 
 
 class DPO:
-    """The DPO sigmoid loss; batches from ``collate_pairs`` (B chosen rows, then B rejected)."""
+    """The DPO sigmoid loss; batches from ``collate_pairs`` (B chosen rows, then B rejected).
+
+    ``sft_weight`` > 0 adds that times the chosen replies' mean per-token negative log-likelihood
+    (RPO, Pang et al. 2024; TRL's ``rpo_alpha``): plain DPO may lower the chosen replies'
+    likelihood along with the rejected ones' (both rewards negative) and drift into degenerate
+    text; the NLL term keeps the chosen replies likely. Logged as ``chosen_nll``.
+    """
 
     name = "dpo"
 
-    def __init__(self, beta: float, reference: nn.Module | None = None) -> None:
-        self.beta, self.reference = beta, reference
+    def __init__(self, beta: float, reference: nn.Module | None = None, sft_weight: float = 0.0) -> None:
+        self.beta, self.reference, self.sft_weight = beta, reference, sft_weight
 
     def loss_tokens(self, batch: dict) -> int:
         return int(batch["input_ids"].shape[0]) // 2  # pairs: the loss is a mean over pairs
@@ -89,11 +95,16 @@ class DPO:
             ref_chosen, ref_rejected = ref[:pairs], ref[pairs:]
         else:
             raise ValueError("DPO needs the reference's log-probabilities: a frozen reference model, or reference_*_logps in the batch")
+        chosen_tokens = (batch["labels"][:pairs] != IGNORE_INDEX).sum(-1).clamp(min=1)
+        chosen_nll = -logps[:pairs] / chosen_tokens  # per token, so long and short replies weigh alike
         rewards_chosen = self.beta * (logps[:pairs] - ref_chosen)
         rewards_rejected = self.beta * (logps[pairs:] - ref_rejected)
         margin = rewards_chosen - rewards_rejected
         losses = -F.logsigmoid(margin)
+        if self.sft_weight:
+            losses = losses + self.sft_weight * chosen_nll
         terms = {
+            "chosen_nll": chosen_nll,
             "rewards_chosen": rewards_chosen, "rewards_rejected": rewards_rejected, "reward_margin": margin,
             "reward_accuracy": (margin > 0).float(), "logps_chosen": logps[:pairs], "logps_rejected": logps[pairs:],
         }  # fmt: skip
@@ -342,7 +353,7 @@ def train_dpo(recipe, resume: bool = False, hooks: Iterable = ()) -> TrainResult
         # A frozen reference adds one forward (2N of the 6N FLOPs per token) to every step.
         flops = flops_per_token(model.config, cfg.seq_len) * (8 / 6 if reference is not None else 1)
         trainer = Trainer(
-            model, DPO(dcfg.beta, reference), train_data, cfg,
+            model, DPO(dcfg.beta, reference, dcfg.sft_weight), train_data, cfg,
             run_dir=run_dir, env=env, eval_data=eval_data, tokenizer_dir=parent, recipe=to_dict(used),
             parent_checkpoint=str(parent), flops_per_token=flops, hooks=hooks, stage="dpo",
         )  # fmt: skip
