@@ -87,3 +87,4 @@ def losses():
 def _peak_flops_fixed(monkeypatch):
     # MFU needs a peak; measuring it is not what these tests are about.
     monkeypatch.setenv("LMFORGE_PEAK_FLOPS", "1e11")
+

@@ -7,46 +7,23 @@ from __future__ import annotations
 
 import json
 import math
-import random
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from chat_helpers import CHAT_SYSTEM, CrashAt, addition_chats, save_chat_checkpoint
+
 from lmforge.recipe import load_recipe
 
-SYSTEM = "You add numbers."
-
-
-def _chats(n: int, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        a, b = rng.randint(1, 20), rng.randint(1, 20)
-        turns = [{"from": "human", "value": f"What is {a} plus {b}?"}, {"from": "gpt", "value": f"{a} plus {b} is {a + b}."}]
-        if rng.random() < 0.5:
-            turns += [{"from": "human", "value": "And doubled?"}, {"from": "gpt", "value": f"Doubled it is {2 * (a + b)}."}]
-        out.append({"system": SYSTEM, "conversations": turns})
-    return out
-
-
 def _write_chats(path: Path, n: int, seed: int) -> Path:
-    path.write_text("\n".join(json.dumps(c) for c in _chats(n, seed)) + "\n")
+    path.write_text("\n".join(json.dumps(c) for c in addition_chats(n, seed)) + "\n")
     return path
 
 
 def _checkpoint(directory: Path, tok_dir: Path, seed: int, **shape) -> Path:
-    from lmforge.model import ModelConfig, Transformer
-    from lmforge.model.hf import save_pretrained
-
-    torch.manual_seed(seed)
-    cfg = dict(vocab_size=300, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=512, qk_norm=True, tie_embeddings=True)
-    ckpt = save_pretrained(Transformer(ModelConfig(**{**cfg, **shape})), directory)
-    for f in tok_dir.iterdir():
-        shutil.copy(f, ckpt / f.name)
-    return ckpt
+    return save_chat_checkpoint(directory, tok_dir, seed, **{"d_model": 32, **shape})
 
 
 def _recipe(tmp_path: Path, student: Path, teacher: Path, data: Path, *overrides: str):
@@ -76,7 +53,7 @@ def models(tmp_path_factory) -> dict:
     from lmforge.train.sft import train_sft
 
     root = tmp_path_factory.mktemp("distill")
-    texts = [t["value"] for c in _chats(200, seed=9) for t in c["conversations"]] + [SYSTEM] * 20
+    texts = [t["value"] for c in addition_chats(200, seed=9) for t in c["conversations"]] + [CHAT_SYSTEM] * 20
     tok = train_tokenizer(texts, root / "tok", TokenizerConfig(vocab_size=300, num_reserved_tokens=4))
     data = _write_chats(root / "chat.jsonl", 160, seed=0)
     student = _checkpoint(root / "student", tok, seed=0)
@@ -300,15 +277,6 @@ def test_moe_teacher_teaches_a_dense_student_and_only_the_student_trains(models,
     assert any(not torch.equal(v, start[k]) for k, v in trainer.raw_model.state_dict().items())
 
 
-class _CrashAt:
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, trainer, step, record):
-        if step == self.step:
-            raise KeyboardInterrupt(f"simulated crash after step {step}")
-
-
 def test_distill_resume_is_exact(models, tmp_path):
     from lmforge.train.distill import train_distill
 
@@ -322,7 +290,7 @@ def test_distill_resume_is_exact(models, tmp_path):
 
     run(tmp_path / "full")
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "cut", hooks=[_CrashAt(6)])
+        run(tmp_path / "cut", hooks=[CrashAt(6)])
     run(tmp_path / "cut", resume=True)
     assert logged(tmp_path / "cut") == logged(tmp_path / "full") and len(logged(tmp_path / "full")) == 8
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
+
+from chat_helpers import CrashAt, save_chat_checkpoint
 
 from lmforge.recipe import load_recipe
 
@@ -41,21 +42,13 @@ def _pairs(n: int, seed: int = 0) -> list[dict]:
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> Path:
     """A random tiny Qwen3-style checkpoint with a tokenizer trained on the pairs' text."""
-    from lmforge.model import ModelConfig, Transformer
-    from lmforge.model.hf import save_pretrained
     from lmforge.tokenizer.train import TokenizerConfig, train_tokenizer
 
     root = tmp_path_factory.mktemp("pretrained")
     texts = [f"What is {a} plus {b}? {a} plus {b} is {a + b}." for a in range(1, 21) for b in range(1, 21)]
     texts += REFUSALS * 20 + ["You add numbers. Hello! Ask me a sum."] * 20
     tok = train_tokenizer(texts, root / "tok", TokenizerConfig(vocab_size=300, num_reserved_tokens=4))
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=300, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=256, qk_norm=True, tie_embeddings=True)
-    model = Transformer(config)
-    ckpt = save_pretrained(model, root / "ckpt")
-    for f in tok.iterdir():
-        shutil.copy(f, ckpt / f.name)
-    return ckpt
+    return save_chat_checkpoint(root / "ckpt", tok, max_seq_len=256)
 
 
 SETTINGS = [
@@ -189,15 +182,6 @@ def test_rewards_separate_with_training(pretrained, tmp_path):
     assert model.config.vocab_size == 300
 
 
-class _CrashAt:
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, trainer, step, record):
-        if step == self.step:
-            raise KeyboardInterrupt(f"simulated crash after step {step}")
-
-
 def test_resume_is_exact_and_reuses_the_reference_scores(pretrained, tmp_path, monkeypatch):
     import lmforge.train.dpo as dpo
 
@@ -206,7 +190,7 @@ def test_resume_is_exact_and_reuses_the_reference_scores(pretrained, tmp_path, m
         (tmp_path / name).mkdir()
     dpo.train_dpo(_recipe(tmp_path / "full", pretrained, *overrides))
     with pytest.raises(KeyboardInterrupt):
-        dpo.train_dpo(_recipe(tmp_path / "cut", pretrained, *overrides), hooks=[_CrashAt(12)])
+        dpo.train_dpo(_recipe(tmp_path / "cut", pretrained, *overrides), hooks=[CrashAt(12)])
 
     def _no_recompute(*args, **kwargs):
         raise AssertionError("the cached reference log-probs should have been used")

@@ -5,7 +5,6 @@ gives the same logits, resume is exact, and the CLI trains and merges."""
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 
@@ -13,19 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from chat_helpers import CHAT_SYSTEM, CrashAt, addition_chats, save_chat_checkpoint
+
 from lmforge.recipe import load_recipe
-
-
-def _chats(n: int, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        a, b = rng.randint(1, 20), rng.randint(1, 20)
-        turns = [{"from": "human", "value": f"What is {a} plus {b}?"}, {"from": "gpt", "value": f"{a} plus {b} is {a + b}."}]
-        if rng.random() < 0.5:  # multi-turn
-            turns += [{"from": "human", "value": "And doubled?"}, {"from": "gpt", "value": f"Doubled it is {2 * (a + b)}."}]
-        out.append({"system": "You add numbers.", "conversations": turns})
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -36,26 +25,18 @@ def pretrained(tmp_path_factory) -> Path:
     within about ±1, and frozen weights keep them there, so no adapter could lower the loss much
     (a real pretrained base has a working output layer).
     """
-    from lmforge.model import ModelConfig, Transformer
-    from lmforge.model.hf import save_pretrained
     from lmforge.tokenizer.train import TokenizerConfig, train_tokenizer
 
     root = tmp_path_factory.mktemp("pretrained")
-    texts = [t["value"] for c in _chats(200, seed=9) for t in c["conversations"]] + ["You add numbers."] * 20
+    texts = [t["value"] for c in addition_chats(200, seed=9) for t in c["conversations"]] + [CHAT_SYSTEM] * 20
     tok = train_tokenizer(texts, root / "tok", TokenizerConfig(vocab_size=300, num_reserved_tokens=4))
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=300, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=512, qk_norm=True,
-                      tie_embeddings=True, init_std=0.1)  # fmt: skip
-    ckpt = save_pretrained(Transformer(cfg), root / "ckpt")
-    for f in tok.iterdir():
-        shutil.copy(f, ckpt / f.name)
-    return ckpt
+    return save_chat_checkpoint(root / "ckpt", tok, init_std=0.1)
 
 
 def _settings(tmp_path: Path, ckpt: Path) -> list[str]:
     data = tmp_path / "chat.jsonl"
     if not data.exists():
-        data.write_text("\n".join(json.dumps(c) for c in _chats(160)) + "\n")
+        data.write_text("\n".join(json.dumps(c) for c in addition_chats(160)) + "\n")
     return [
         f"out_dir={tmp_path}", f"train.init_from={ckpt}", f"sft.train=[{data}]", "sft.val_fraction=0.1",
         "train.seq_len=256", "train.batch_size=2", "train.max_steps=20", "train.warmup_steps=2", "train.lr=1e-2",
@@ -215,15 +196,6 @@ def test_merge_keeps_a_trained_output_layer_apart_from_tied_embeddings(pretraine
         torch.testing.assert_close(merged_model(_ids()).logits, logits, atol=1e-5, rtol=1e-5)
 
 
-class _CrashAt:
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, trainer, step, record):
-        if step == self.step:
-            raise KeyboardInterrupt(f"simulated crash after step {step}")
-
-
 def test_lora_resume_is_exact(pretrained, tmp_path):
     from lmforge.train.lora import train_lora
 
@@ -232,7 +204,7 @@ def test_lora_resume_is_exact(pretrained, tmp_path):
     full = train_lora(_recipe(tmp_path / "full", pretrained, *overrides))
     (tmp_path / "cut").mkdir()
     with pytest.raises(KeyboardInterrupt):
-        train_lora(_recipe(tmp_path / "cut", pretrained, *overrides), hooks=[_CrashAt(5)])
+        train_lora(_recipe(tmp_path / "cut", pretrained, *overrides), hooks=[CrashAt(5)])
     cut = train_lora(_recipe(tmp_path / "cut", pretrained, *overrides), resume=True)
     assert _losses(tmp_path / "cut" / "lora") == _losses(tmp_path / "full" / "lora")  # every step, exactly
     a, b = load_file(full.checkpoint / "adapter_model.safetensors"), load_file(cut.checkpoint / "adapter_model.safetensors")

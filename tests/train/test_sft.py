@@ -4,50 +4,29 @@ the loss on assistant replies falls, resume is exact, checkpoints load in transf
 from __future__ import annotations
 
 import json
-import random
-import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from lmforge.recipe import load_recipe
-
-
-def _chats(n: int, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        a, b = rng.randint(1, 20), rng.randint(1, 20)
-        turns = [{"from": "human", "value": f"What is {a} plus {b}?"}, {"from": "gpt", "value": f"{a} plus {b} is {a + b}."}]
-        if rng.random() < 0.5:  # multi-turn
-            turns += [{"from": "human", "value": "And doubled?"}, {"from": "gpt", "value": f"Doubled it is {2 * (a + b)}."}]
-        out.append({"system": "You add numbers.", "conversations": turns})
-    return out
+from chat_helpers import CHAT_SYSTEM, CrashAt, addition_chats, save_chat_checkpoint
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> Path:
     """A random tiny Qwen3-style checkpoint with a tokenizer trained on the chat text."""
-    from lmforge.model import ModelConfig, Transformer
-    from lmforge.model.hf import save_pretrained
     from lmforge.tokenizer.train import TokenizerConfig, train_tokenizer
 
     root = tmp_path_factory.mktemp("pretrained")
-    texts = [t["value"] for c in _chats(200, seed=9) for t in c["conversations"]] + ["You add numbers."] * 20
+    texts = [t["value"] for c in addition_chats(200, seed=9) for t in c["conversations"]] + [CHAT_SYSTEM] * 20
     tok = train_tokenizer(texts, root / "tok", TokenizerConfig(vocab_size=300, num_reserved_tokens=4))
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=300, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=512, qk_norm=True, tie_embeddings=True))
-    ckpt = save_pretrained(model, root / "ckpt")
-    for f in tok.iterdir():
-        shutil.copy(f, ckpt / f.name)
-    return ckpt
+    return save_chat_checkpoint(root / "ckpt", tok)
 
 
 def _recipe(tmp_path: Path, ckpt: Path, *overrides: str):
     data = tmp_path / "chat.jsonl"
     if not data.exists():
-        data.write_text("\n".join(json.dumps(c) for c in _chats(160)) + "\n")
+        data.write_text("\n".join(json.dumps(c) for c in addition_chats(160)) + "\n")
     return load_recipe(None, [
         f"out_dir={tmp_path}", f"train.out_dir={tmp_path / 'sft'}", f"train.init_from={ckpt}", f"sft.train=[{data}]",
         "sft.val_fraction=0.1", "train.seq_len=512", "train.batch_size=2", "train.max_steps=40", "train.warmup_steps=2",
@@ -84,15 +63,6 @@ def test_sft_loss_falls_and_the_checkpoint_chats(pretrained, tmp_path):
     assert tok.chat_template and model.config.vocab_size == 300
 
 
-class _CrashAt:
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, trainer, step, record):
-        if step == self.step:
-            raise KeyboardInterrupt(f"simulated crash after step {step}")
-
-
 def test_sft_resume_is_exact(pretrained, tmp_path):
     from lmforge.train.sft import train_sft
 
@@ -101,7 +71,7 @@ def test_sft_resume_is_exact(pretrained, tmp_path):
     train_sft(_recipe(tmp_path / "full", pretrained, *overrides))
     (tmp_path / "cut").mkdir()
     with pytest.raises(KeyboardInterrupt):
-        train_sft(_recipe(tmp_path / "cut", pretrained, *overrides), hooks=[_CrashAt(24)])
+        train_sft(_recipe(tmp_path / "cut", pretrained, *overrides), hooks=[CrashAt(24)])
     train_sft(_recipe(tmp_path / "cut", pretrained, *overrides), resume=True)
     assert _losses(tmp_path / "cut" / "sft") == _losses(tmp_path / "full" / "sft")  # every step, exactly
 
@@ -121,7 +91,7 @@ def test_sft_cli_names_a_bad_record_or_skips_it_with_skip_bad(pretrained, tmp_pa
     from lmforge.data.document import DataError
 
     data = tmp_path / "chat.jsonl"
-    lines = [json.dumps(c) for c in _chats(40)]
+    lines = [json.dumps(c) for c in addition_chats(40)]
     lines[6] = json.dumps({"conversations": [{"from": "gpt", "value": "an answer before any question"}]})
     data.write_text("\n".join(lines) + "\n")
     recipe = tmp_path / "sft.yaml"

@@ -31,14 +31,16 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from lmforge.data.document import DataError
 from lmforge.data.readers import ReadStats, _lines, expand_paths, file_format
 
+T = TypeVar("T")
+
 IGNORE_INDEX = -100  # the label of a token that carries no loss (PyTorch's cross-entropy default)
 
-_SPEAKERS = {
+SPEAKERS = {
     "system": "system",
     "user": "user",
     "human": "user",
@@ -87,11 +89,11 @@ def parse_conversation(record: dict, prompts: bool = False) -> list[dict]:
             raise ValueError(f"turn {i} is {type(turn).__name__}, not an object")
         speaker = turn.get("role", turn.get("from"))
         content = turn.get("content", turn.get("value"))
-        if speaker not in _SPEAKERS:
-            raise ValueError(f"turn {i}: unknown speaker {speaker!r} (expected one of {', '.join(sorted(_SPEAKERS))})")
+        if speaker not in SPEAKERS:
+            raise ValueError(f"turn {i}: unknown speaker {speaker!r} (expected one of {', '.join(sorted(SPEAKERS))})")
         if not isinstance(content, str):
             raise ValueError(f"turn {i}: content must be a string, got {type(content).__name__}")
-        messages.append({"role": _SPEAKERS[speaker], "content": content})
+        messages.append({"role": SPEAKERS[speaker], "content": content})
     system = record.get("system")
     if system is not None and not isinstance(system, str):
         raise ValueError(f"'system' must be a string, got {type(system).__name__}")
@@ -117,38 +119,49 @@ def check_turns(messages: list[dict], answered: bool = True) -> None:
         raise ValueError("no assistant turn: nothing to learn from")
 
 
-def read_conversations(
-    paths: Iterable[str | os.PathLike] | str | os.PathLike, skip_bad: bool = False, stats: ReadStats | None = None, prompts: bool = False
-) -> Iterator[Conversation]:
-    """Every conversation in jsonl files or directories of them, in a deterministic order
-    (``prompts``: see ``parse_conversation``)."""
+def read_jsonl_records(
+    paths: Iterable[str | os.PathLike] | str | os.PathLike, parse: Callable[[dict], T], what: str,
+    skip_bad: bool = False, stats: ReadStats | None = None,
+) -> Iterator[tuple[str, int, dict, T]]:
+    """``(path, line, record, parse(record))`` for every record of jsonl files (``.gz``/``.zst``
+    too) or directories of them, in a deterministic order. A line that is not JSON, or that
+    ``parse`` rejects with a ``ValueError``, is a ``DataError`` naming ``file:line`` — or, with
+    ``skip_bad``, counted in ``stats`` and skipped. ``what`` names the data in errors."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     stats = stats if stats is not None else ReadStats()
     for path in expand_paths(paths):
         fmt, compression = file_format(path)  # type: ignore[misc]
         if fmt != "jsonl":
-            raise DataError(f"{path}: chat data must be jsonl (.jsonl, .jsonl.gz, .jsonl.zst), not {fmt}")
+            raise DataError(f"{path}: {what} must be jsonl (.jsonl, .jsonl.gz, .jsonl.zst), not {fmt}")
         stats.files.append({"path": str(path), "bytes": path.stat().st_size})
-        yield from _read_file(Path(path), compression, skip_bad, stats, prompts)
+        for line_no, raw in _lines(Path(path), compression):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+                parsed = parse(record)
+            except ValueError as exc:  # JSON and UTF-8 errors are ValueErrors too
+                message = f"{path}:{line_no}: {exc}"
+                if not skip_bad:
+                    raise DataError(message) from None
+                stats.bad(message)
+                continue
+            stats.documents += 1
+            yield str(path), line_no, record, parsed
 
 
-def _read_file(path: Path, compression: str, skip_bad: bool, stats: ReadStats, prompts: bool) -> Iterator[Conversation]:
-    for line_no, raw in _lines(path, compression):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-            messages = parse_conversation(record, prompts)
-        except ValueError as exc:  # JSON and UTF-8 errors are ValueErrors too
-            message = f"{path}:{line_no}: {exc}"
-            if not skip_bad:
-                raise DataError(message) from None
-            stats.bad(message)
-            continue
-        stats.documents += 1
-        others = {k: v for k, v in record.items() if k not in ("messages", "conversations", "system", "instruction", "input", "output")}
-        yield Conversation(messages, str(path), line_no, others)
+_CHAT_FIELDS = ("messages", "conversations", "system", "instruction", "input", "output")
+
+
+def read_conversations(
+    paths: Iterable[str | os.PathLike] | str | os.PathLike, skip_bad: bool = False, stats: ReadStats | None = None, prompts: bool = False
+) -> Iterator[Conversation]:
+    """Every conversation in jsonl files or directories of them, in a deterministic order
+    (``prompts``: see ``parse_conversation``)."""
+    records = read_jsonl_records(paths, lambda record: parse_conversation(record, prompts), "chat data", skip_bad, stats)
+    for path, line_no, record, messages in records:
+        yield Conversation(messages, path, line_no, {k: v for k, v in record.items() if k not in _CHAT_FIELDS})
 
 
 def encode_conversation(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:

@@ -26,17 +26,14 @@ assistant turns, because DPO's log-probability is that of the response alone.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Iterator, Literal
 
 import torch
 
-from lmforge.data.chat import _SPEAKERS, IGNORE_INDEX, encode_conversation, parse_conversation
-from lmforge.data.document import DataError
-from lmforge.data.readers import ReadStats, _lines, expand_paths, file_format
+from lmforge.data.chat import IGNORE_INDEX, SPEAKERS, encode_conversation, parse_conversation, read_jsonl_records
+from lmforge.data.readers import ReadStats
 
 OverlongPolicy = Literal["drop", "truncate"]
 _LAYOUT_FIELDS = ("chosen", "rejected", "conversations", "prompt", "system")
@@ -63,7 +60,7 @@ def _reply_turns(reply, key: str) -> list:
 
 
 def _speaker(turn) -> str | None:
-    return _SPEAKERS.get(turn.get("role", turn.get("from"))) if isinstance(turn, dict) else None
+    return SPEAKERS.get(turn.get("role", turn.get("from"))) if isinstance(turn, dict) else None
 
 
 def _conversation(record: dict, key: str) -> list[dict]:
@@ -109,29 +106,8 @@ def read_preference_pairs(
     paths: Iterable[str | os.PathLike] | str | os.PathLike, skip_bad: bool = False, stats: ReadStats | None = None
 ) -> Iterator[PreferencePair]:
     """Every preference pair in jsonl files or directories of them, in a deterministic order."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    stats = stats if stats is not None else ReadStats()
-    for path in expand_paths(paths):
-        fmt, compression = file_format(path)  # type: ignore[misc]
-        if fmt != "jsonl":
-            raise DataError(f"{path}: preference data must be jsonl (.jsonl, .jsonl.gz, .jsonl.zst), not {fmt}")
-        stats.files.append({"path": str(path), "bytes": path.stat().st_size})
-        for line_no, raw in _lines(Path(path), compression):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-                prompt, chosen, rejected = parse_preference(record)
-            except ValueError as exc:  # JSON and UTF-8 errors are ValueErrors too
-                message = f"{path}:{line_no}: {exc}"
-                if not skip_bad:
-                    raise DataError(message) from None
-                stats.bad(message)
-                continue
-            stats.documents += 1
-            others = {k: v for k, v in record.items() if k not in _LAYOUT_FIELDS}
-            yield PreferencePair(prompt, chosen, rejected, str(path), line_no, others)
+    for path, line_no, record, (prompt, chosen, rejected) in read_jsonl_records(paths, parse_preference, "preference data", skip_bad, stats):
+        yield PreferencePair(prompt, chosen, rejected, path, line_no, {k: v for k, v in record.items() if k not in _LAYOUT_FIELDS})
 
 
 @dataclass
