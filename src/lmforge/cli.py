@@ -10,7 +10,9 @@
     lmforge distill                 whitebox / blackbox distillation from a teacher
     lmforge synth                   synthetic data: math, preference pairs, identity, templates
     lmforge generate / chat         text from a checkpoint
+    lmforge eval                    bits per byte, multiple choice, math; lm-evaluation-harness
     lmforge run                     the whole pipeline as a cached stage graph
+    lmforge report                  a run's report card: report.md + self-contained report.html
 
 Bad recipes and bad data end with a one-line error naming the file and line, exit status 2.
 """
@@ -23,8 +25,10 @@ from typer.core import TyperGroup
 from lmforge import __version__
 from lmforge.cli_common import run_app
 from lmforge.data.cli import app as data_app
+from lmforge.eval.cli import eval_command
 from lmforge.infer.cli import chat, generate
 from lmforge.model.cli import app as model_app
+from lmforge.report.cli import report_command
 from lmforge.run import run_command
 from lmforge.tokenizer.cli import app as tokenizer_app
 from lmforge.synth.cli import app as synth_app
@@ -61,7 +65,9 @@ app.command("distill", help="Distil a teacher into a student: whitebox (logits) 
 app.add_typer(synth_app, name="synth", help="Synthesize data: verifiable math, preference pairs, identity chats, model-written problems.")
 app.command("generate", help="Continue prompts with a checkpoint.")(generate)
 app.command("chat", help="Chat with a checkpoint in the terminal, through its chat template.")(chat)
+app.command("eval", help="Evaluate a checkpoint: bits per byte, multiple choice (C-Eval/CMMLU/MMLU), math; lm-eval tasks.")(eval_command)
 app.command("run", help="Run a recipe's whole pipeline as a cached stage graph (the demo).")(run_command)
+app.command("report", help="Write a run's report card: report.md and one self-contained report.html.")(report_command)
 
 
 def _version(value: bool) -> None:

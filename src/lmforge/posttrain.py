@@ -14,7 +14,8 @@ They extend the stage graph of ``lmforge.run`` after pretraining when a recipe t
   recipe's ``train`` section changed by the dotted overrides in ``posttrain.sft`` / ``posttrain.dpo``
   (post-training wants another learning rate, step count and row length than pretraining).
 * ``evaluate`` asks base, SFT and DPO models the held-out problems through the chat template
-  (greedy) and scores the exact final answers; it also records a few chat replies of the final model.
+  (greedy) and scores the exact final answers, and the English ones again as multiple choice
+  (``lmforge.eval``); it also records a few chat replies of the final model.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ class PostTrainConfig:
 # produces, and paths the runner fills in from upstream stages: none belongs in a cache key, so
 # `--set train.progress=false` does not retrain from scratch. (Pretraining keeps init_from: there
 # it is a user's choice, here it is the upstream stage's checkpoint.)
-TRAIN_KEYS_NOT_IN_CACHE_KEY = ("shards", "tokenizer", "out_dir", "progress", "tensorboard", "wandb_project", "log_every", "ckpt_every", "keep_last")
+TRAIN_KEYS_NOT_IN_CACHE_KEY = ("shards", "tokenizer", "out_dir", "progress", "tensorboard", "wandb_project", "log_every", "ckpt_every", "keep_last",
+                               "eval_tasks", "eval_tasks_every")
 _TRAIN_IGNORED = (*TRAIN_KEYS_NOT_IN_CACHE_KEY, "init_from")
 
 
@@ -91,7 +93,8 @@ def synth_settings(recipe) -> dict:
 
 
 def eval_settings(recipe) -> dict:
-    return {"max_new_tokens": recipe.posttrain.eval_max_new_tokens, "chat_prompts": recipe.posttrain.chat_prompts}
+    return {"max_new_tokens": recipe.posttrain.eval_max_new_tokens, "chat_prompts": recipe.posttrain.chat_prompts,
+            "tasks": ["math", "math-choice"]}
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> str:
@@ -151,26 +154,45 @@ def run_dpo(ctx) -> dict:
 
 
 def run_evaluate(ctx) -> dict:
+    """Base, SFT and DPO models on the same tasks: exact answers to the held-out problems (chat,
+    greedy, strict) and the English ones as 4-option multiple choice (letter scoring, chance 25%).
+    Each model's results go to ``{model}.eval_results.json`` (the layout ``lmforge eval``
+    writes); ``math_eval.json`` compares them and holds a few chat replies of the final model."""
     from lmforge.cli_common import console
-    from lmforge.infer.engine import Engine
+    from lmforge.eval.multiple_choice import write_mc_from_math
+    from lmforge.eval.tasks import EvalModel, TaskSpec, run_tasks, save_results
     from lmforge.infer.sampling import SamplingConfig
-    from lmforge.synth.math import math_accuracy
 
     p = ctx.recipe.posttrain
     test_file = ctx.upstream["synth"]["files"]["math_test"]
     problems = [json.loads(line) for line in Path(test_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    choice_file = write_mc_from_math([r for r in problems if r.get("lang") == "en"], ctx.dir / "mc" / "math_word_problems.csv", seed=p.seed)
+    tasks = [
+        TaskSpec("math", test_file, {"max_new_tokens": p.eval_max_new_tokens, "strict": True}, "math"),
+        TaskSpec("mmlu", str(choice_file), {}, "math-choice"),
+    ]
     models = {"base": ctx.upstream["pretrain"]["checkpoint"], "sft": ctx.upstream["sft"]["checkpoint"], "dpo": ctx.upstream["dpo"]["checkpoint"]}
-    results = {}
+    results, files = {}, {}
     for name, checkpoint in models.items():
-        engine = Engine.from_checkpoint(checkpoint)
-        results[name] = {"checkpoint": checkpoint, **math_accuracy(engine, problems, max_new_tokens=p.eval_max_new_tokens, strict=True)}
-        console.print(f"  {name:<5} exact-answer accuracy {results[name]['accuracy']:.1%} on {results[name]['n']} held-out problems")
-    final = Engine.from_checkpoint(models["dpo"])
+        model = EvalModel.from_checkpoint(checkpoint)
+        results[name] = run_tasks(model, tasks)
+        files[name] = str(save_results(ctx.dir / f"{name}.eval_results.json", results[name], checkpoint=checkpoint))
+        math, choice = results[name]["math"], results[name]["math-choice"]
+        console.print(f"  {name:<5} exact answers {math['value']:.1%} of {math['n']} held-out problems; "
+                      f"multiple choice {choice['value']:.1%} of {choice['n']} (chance {choice['chance']:.0%})")
+    final = EvalModel.from_checkpoint(models["dpo"]).engine
     greedy = SamplingConfig(max_new_tokens=p.eval_max_new_tokens, temperature=0.0)
     chats = [{"prompt": q, "reply": final.chat([{"role": "user", "content": q}], greedy)} for q in p.chat_prompts]
     if problems:
         question = problems[0]["messages"][0]["content"]
         chats.append({"prompt": question, "reply": final.chat([{"role": "user", "content": question}], greedy)})
-    summary = {"accuracy": {k: v["accuracy"] for k, v in results.items()}, "n": len(problems), "chats": chats, "results": results}
+    math_results = {name: {"checkpoint": models[name], "accuracy": r["math"]["value"], "n": r["math"]["n"], **r["math"]["details"]}
+                    for name, r in results.items()}
+    summary = {
+        "accuracy": {name: r["math"]["value"] for name, r in results.items()},
+        "choice_accuracy": {name: r["math-choice"]["value"] for name, r in results.items()},
+        "choice_chance": results["base"]["math-choice"]["chance"],
+        "n": len(problems), "chats": chats, "results": math_results, "eval_results": files,
+    }  # fmt: skip
     write_json_atomic(ctx.dir / "math_eval.json", summary)
     return summary

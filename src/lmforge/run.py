@@ -19,6 +19,8 @@ marker exists (written last); a second run skips it, and changing one setting ch
 stage's key and so every key downstream — only those rerun. An interrupted pretrain stage
 resumes from its latest checkpoint instead of starting over.
 
+The run ends by writing its report card (``lmforge report``) to ``{out_dir}/report/``.
+
 Usage::
 
     lmforge run recipes/demo.yaml                      # full demo (~18 min on 2 CPU cores)
@@ -303,6 +305,8 @@ def _print_summary(recipe: Recipe, result: dict) -> None:
             out.print(f"[bold]{_escape(sample['prompt'])}[/]{_escape(sample['completion'])}\n[dim]{'─' * 60}[/]")
     out.print("\n[bold]Where everything is[/]")
     out.print(f"  run record     {Path(recipe.out_dir).resolve() / 'run.json'}")
+    if "report" in result:
+        out.print(f"  report card    {_escape(result['report']['html'])}")
     if "corpus" in s:
         out.print(f"  corpus         {', '.join(s['corpus']['files'])}")
     if s.get("clean", {}).get("cleaned"):
@@ -329,6 +333,9 @@ def _print_summary(recipe: Recipe, result: dict) -> None:
         e = s["evaluate"]
         out.print(f"\n[bold]Post-training[/] (exact-answer accuracy on {e['n']} held-out synthetic math problems, greedy)")
         out.print("  " + "  →  ".join(f"{name} {acc:.1%}" for name, acc in e["accuracy"].items()))
+        if "choice_accuracy" in e:
+            out.print(f"  as multiple choice (chance {e['choice_chance']:.0%}): "
+                      + "  →  ".join(f"{name} {acc:.1%}" for name, acc in e["choice_accuracy"].items()))
         for name in ("sft", "dpo"):
             out.print(f"  {name} checkpoint {s[name]['checkpoint']}")
         for chat in e["chats"]:
@@ -339,6 +346,8 @@ def _print_summary(recipe: Recipe, result: dict) -> None:
         out.print(f"\n  lmforge generate {p['checkpoint']} --prompt 'def '")
         out.print(f"  lmforge chat {final}")
         out.print(f"  python -c \"from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained('{p['checkpoint']}')\"")
+    if "report" in result:
+        out.print(f"\n[bold]Report card[/] {_escape(result['report']['html'])}  (Markdown: {_escape(result['report']['markdown'])})")
 
 
 def run_command(
@@ -350,4 +359,8 @@ def run_command(
     recipe = load_recipe_for_cli(recipe_path, overrides)
     console.print(f"[bold]lmforge run[/] {recipe_path} → {recipe.out_dir}")
     result = run_pipeline(recipe, set(force or []), until)
+    from lmforge.report import build_report
+
+    # The demo ends with its report card; it reads only the files the stages wrote.
+    result["report"] = build_report(recipe.out_dir)["files"]
     _print_summary(recipe, result)

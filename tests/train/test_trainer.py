@@ -105,7 +105,7 @@ class NaNAt(LanguageModeling):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path, make_recipe, losses, monkeypatch):
     import lmforge.train.pretrain as pretrain
 
-    monkeypatch.setattr(pretrain, "LanguageModeling", lambda z_loss: NaNAt(7))
+    monkeypatch.setattr(pretrain, "LanguageModeling", lambda **kwargs: NaNAt(7))
     with pytest.raises(TrainingDiverged, match="loss nan at step 7") as info:
         train(make_recipe(shards, tmp_path / "run"))
     assert "step_00000004" in str(info.value) and "train.lr" in str(info.value)

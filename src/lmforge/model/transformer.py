@@ -247,8 +247,13 @@ class Transformer(nn.Module):
         kv_cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
         num_logits_to_keep: int = 0,
+        logits_mask: torch.Tensor | None = None,
     ) -> ModelOutput:
         """input_ids [B, T] -> logits [B, T, V] (or the last ``num_logits_to_keep`` positions).
+
+        ``logits_mask`` (bool [B, T]) computes logits only where it is True and returns them as
+        [N, V] in row-major order: scoring needs a few positions per row, and the output
+        projection over the vocabulary costs as much as the rest of a small model.
 
         ``attention_mask`` is an optional bool [B, S] key mask (False = padding) over all
         positions seen so far including these; with a KV cache it is remembered there.
@@ -267,7 +272,9 @@ class Transformer(nn.Module):
         if kv_cache is not None:
             kv_cache.length = past + T
         x = self.model.norm(x)
-        if num_logits_to_keep:
+        if logits_mask is not None:
+            x = x[logits_mask]
+        elif num_logits_to_keep:
             x = x[:, -num_logits_to_keep:]
         logits = self.lm_head(x)
         return ModelOutput(logits=logits, **self._collect_moe_stats(x))

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from dataclasses import replace
 from fractions import Fraction
 from typing import Any, Iterable, Sequence
 
@@ -231,11 +232,16 @@ def problem_prompt(record: dict) -> tuple[list[dict], str]:
     return prompt, str(gold)
 
 
-def math_accuracy(engine, records: Sequence[dict], max_new_tokens: int = 128, batch_size: int = 32, n_examples: int = 5, strict: bool = False) -> dict:
+def math_accuracy(
+    engine, records: Sequence[dict], max_new_tokens: int = 128, batch_size: int = 32, n_examples: int = 5, strict: bool = False,
+    *, sampling=None, prompt_ids: Sequence[list[int]] | None = None,
+) -> dict:
     """Exact-answer accuracy of greedy replies, overall and by level / language / kind.
 
     ``strict``: a reply must state its answer (``Answer: N``, ``#### N``, ...); otherwise the
-    last number it mentions counts, as GSM8K scoring usually does.
+    last number it mentions counts, as GSM8K scoring usually does. ``sampling`` (a
+    ``SamplingConfig``) replaces greedy decoding; ``prompt_ids`` replaces the chat-template
+    prompts (e.g. few-shot text prompts, ``lmforge.eval.math_tasks``).
 
     Prompts are sorted by length before batching (less padding), replies put back in order.
     Returns ``{"accuracy", "n", "correct", "by_level", "by_lang", "by_kind", "examples"}``; the
@@ -248,15 +254,19 @@ def math_accuracy(engine, records: Sequence[dict], max_new_tokens: int = 128, ba
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     # The reply budget must leave room for the prompt in the model's context.
-    budget = min(max_new_tokens, max(1, engine.max_context // 2))
-    greedy = SamplingConfig(max_new_tokens=budget, temperature=0.0)
+    if sampling is None:
+        sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+    sampling = replace(sampling, max_new_tokens=min(sampling.max_new_tokens, max(1, engine.max_context // 2)))
     asked = [problem_prompt(r) for r in records]
-    prompt_ids = [engine.encode_chat(messages) for messages, _ in asked]
+    if prompt_ids is None:
+        prompt_ids = [engine.encode_chat(messages) for messages, _ in asked]
+    elif len(prompt_ids) != len(records):
+        raise ValueError(f"{len(prompt_ids)} prompts for {len(records)} problems")
     order = sorted(range(len(records)), key=lambda i: len(prompt_ids[i]))
     replies: list[str] = [""] * len(records)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        for i, result in zip(chunk, engine.generate([prompt_ids[i] for i in chunk], greedy)):
+        for i, result in zip(chunk, engine.generate([prompt_ids[i] for i in chunk], sampling)):
             replies[i] = result.text or ""
     groups: dict[str, dict[str, dict]] = {"by_level": {}, "by_lang": {}, "by_kind": {}}
     correct, examples = 0, []
@@ -274,4 +284,5 @@ def math_accuracy(engine, records: Sequence[dict], max_new_tokens: int = 128, ba
     for cells in groups.values():
         for cell in cells.values():
             cell["accuracy"] = cell["correct"] / cell["n"]
-    return {"accuracy": correct / len(records), "n": len(records), "correct": correct, "strict": strict, **groups, "examples": examples}
+    return {"accuracy": correct / len(records), "n": len(records), "correct": correct, "strict": strict, **groups, "examples": examples,
+            "sampling": {"temperature": sampling.temperature, "max_new_tokens": sampling.max_new_tokens}}

@@ -54,6 +54,10 @@ class TrainConfig:
     log_every: int = 10  # metrics.jsonl / TensorBoard record every this many steps (and the last)
     eval_every: int = 200  # held-out loss every this many steps (and at the end); 0 = only at the end
     eval_batches: int = 20  # held-out set = the val split's first eval_batches global batches of windows
+    # evaluation tasks run during training (lmforge.eval.tasks specs, e.g. "mc:evals/cmmlu?limit=50"),
+    # logged to metrics.jsonl as kind "task" and plotted in eval_curves.png
+    eval_tasks: list[str] = field(default_factory=list)
+    eval_tasks_every: int = 0  # steps between task evaluations (0 = eval_every); always at the end
     progress: bool = True  # rich progress bar on a terminal, a plain line per log step otherwise
     tensorboard: bool = True
     wandb_project: str = ""  # "" = wandb off; needs `pip install wandb`
@@ -63,7 +67,7 @@ class TrainConfig:
         for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "ckpt_every", "keep_last", "eval_batches"):
+        for name in ("warmup_steps", "eval_every", "ckpt_every", "keep_last", "eval_batches", "eval_tasks_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:  # also rejects NaN
@@ -73,6 +77,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not self.grad_clip >= 0:
             raise ValueError(f"grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip}")
+        if self.eval_tasks:
+            from lmforge.eval.tasks import parse_task
+
+            for spec in self.eval_tasks:  # a typo fails now, not after hours of training
+                parse_task(spec)
 
 
 @dataclass

@@ -44,6 +44,7 @@ from torch import nn
 
 from lmforge import __version__
 from lmforge.config import ConfigError, to_dict
+from lmforge.eval.bpb import token_bytes_for
 from lmforge.io import replace_dir, write_json_atomic
 from lmforge.train.checkpoint import (
     CHECKPOINTS_DIR, META, META_FORMAT, copy_tokenizer_files, latest_checkpoint, read_meta, resolve_checkpoint,
@@ -176,7 +177,7 @@ def train_lora(recipe, resume: bool = False, hooks: Iterable = ()) -> TrainResul
         counts = parameter_counts(model)
         used = dataclasses.replace(recipe, model=model_cfg, train=dataclasses.replace(cfg, out_dir=str(run_dir), tokenizer=str(parent)))
         trainer = Trainer(
-            model, LanguageModeling(z_loss=cfg.z_loss), data.train, cfg,
+            model, LanguageModeling(z_loss=cfg.z_loss, token_bytes=token_bytes_for(parent, model_cfg.vocab_size)), data.train, cfg,
             run_dir=run_dir, env=env, eval_data=data.eval, tokenizer_dir=parent, recipe=to_dict(used),
             parent_checkpoint=str(parent), flops_per_token=lora_flops_per_token(model, model_cfg, cfg.seq_len),
             hooks=hooks, save_weights=save_adapter, load_weights=load_adapter, stage="lora",

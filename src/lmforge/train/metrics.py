@@ -7,6 +7,9 @@
   ...objective metrics (ce, aux_loss, expert_load [layer][expert] for MoE)}``
 * ``{"kind": "eval", "step", "eval_loss", "eval_bpt", "eval_tokens", "baseline_loss", "baseline_bpt"}``
   (the baseline is the unigram entropy of the training tokens, when the shards record it)
+  plus ``eval_bpb`` (bits per byte) when the objective counts the held-out bytes
+* ``{"kind": "task", "step", "task/<name>/<metric>", "task/<name>/chance", "task/<name>/n"}``: evaluation
+  tasks run during training (``train.eval_tasks``, ``lmforge.eval.hooks``)
 * ``{"kind": "diverged", "step", "loss", "grad_norm"}`` when a run stops on NaN/inf.
 
 On resume, records after the checkpoint's step are dropped first (``truncate_metrics``) so the
@@ -33,6 +36,7 @@ from lmforge.io import human, write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
+EVAL_CURVES_FILE = "eval_curves.png"
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -128,7 +132,7 @@ class MetricsLogger:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         step = record.get("step", 0)
-        prefix = "eval" if record.get("kind") == "eval" else "train"
+        prefix = "eval" if record.get("kind") in ("eval", "task") else "train"
         scalars = _scalars(record, prefix)
         if self._tb is not None:
             for key, value in scalars.items():
@@ -170,6 +174,29 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path, baseline: fl
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return _save_png(fig, png_path)
+
+
+def eval_series(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """Evaluation curves in a run's records: held-out bits per byte (and DPO's reward accuracy
+    and margin) from ``eval`` records, every task metric from ``task`` records (chance levels
+    and item counts left out). ``{label: [(step, value), ...]}``."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in records:
+        if r.get("kind") == "eval":
+            keys = [k for k in ("eval_bpb", "eval_reward_accuracy", "eval_reward_margin") if k in r]
+        elif r.get("kind") == "task":
+            keys = [k for k in r if k.startswith("task/") and not k.endswith(("/chance", "/n"))]
+        else:
+            continue
+        for key in keys:
+            value = r[key]
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                series.setdefault(key.removeprefix("task/").removeprefix("eval_"), []).append((r["step"], float(value)))
+    return series
+
+
+def _save_png(fig, png_path: str | Path) -> Path:
     # Binary, so not lmforge.io's text helper; the same temp-file-then-rename pattern.
     png_path = Path(png_path)
     tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}")
@@ -179,6 +206,38 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path, baseline: fl
     finally:
         tmp.unlink(missing_ok=True)
     return png_path
+
+
+def plot_eval_curves(metrics_path: str | Path, png_path: str | Path, title: str = "") -> Path | None:
+    """One small panel per evaluation curve (``eval_series``), chance levels dashed; None if the
+    run logged none."""
+    records = read_metrics(metrics_path)
+    series = eval_series(records)
+    if not series:
+        return None
+    chance = {k.removeprefix("task/").removesuffix("/chance"): v for r in records if r.get("kind") == "task"
+              for k, v in r.items() if k.endswith("/chance")}
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cols = min(3, len(series))
+    rows = math.ceil(len(series) / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, (label, points) in enumerate(sorted(series.items())):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.plot(*zip(*points), "o-", markersize=3, color="tab:green")
+        task = label.rsplit("/", 1)[0]
+        if task in chance:
+            ax.axhline(chance[task], linestyle="--", color="gray", label=f"chance ({chance[task]:.0%})")
+            ax.legend(fontsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(f"{title}: evaluation during training", fontsize=10)
+    fig.tight_layout()
+    return _save_png(fig, png_path)
 
 
 class ProgressDisplay:

@@ -13,7 +13,8 @@ model), not by their loop. An objective is a small object with this interface:
 * ``evaluate(model, batch) -> (loss_sum, tokens)`` or ``(loss_sum, tokens, sums)``: summed
   held-out loss, for exact means over any number of batches and ranks; ``sums`` (optional) maps
   more metric names to sums over the same ``tokens`` (logged as ``eval_<name>`` means, e.g. DPO's
-  reward accuracy).
+  reward accuracy). A ``bytes`` sum (the UTF-8 bytes the scored tokens stand for) also gives
+  ``eval_bpb``, bits per byte, which compares across tokenizers.
 * ``frozen_models() -> list[nn.Module]``: reference/teacher models the trainer moves to the
   device and keeps in eval mode (DPO, distillation); empty here.
 
@@ -52,13 +53,16 @@ class LanguageModeling:
     ``z_loss`` adds ``coef · mean(logsumexp(logits)²)``, which keeps the softmax normalizer near
     1 and the logits from drifting (PaLM; YuLan-Mini uses 1e-4). Cross-entropy is computed in
     fp32 even under bf16 autocast: the log-softmax over a large vocabulary loses precision in bf16.
+    ``token_bytes`` ([vocab] byte length per token id, ``lmforge.eval.bpb.token_bytes_for``) makes
+    held-out evaluation report bits per byte too.
     """
 
     name = "language_modeling"
 
-    def __init__(self, z_loss: float = 0.0, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(self, z_loss: float = 0.0, ignore_index: int = IGNORE_INDEX, token_bytes: torch.Tensor | None = None) -> None:
         self.z_loss = z_loss
         self.ignore_index = ignore_index
+        self.token_bytes = token_bytes
 
     def loss_tokens(self, batch: dict) -> int:
         return int((batch["labels"] != self.ignore_index).sum())
@@ -93,6 +97,11 @@ class LanguageModeling:
         return loss, metrics
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batch: dict) -> tuple[float, int]:
+    def evaluate(self, model: nn.Module, batch: dict) -> tuple[float, int] | tuple[float, int, dict]:
         _, _, labels, ce_sum = self._token_losses(model, batch)
-        return float(ce_sum), int((labels != self.ignore_index).sum())
+        scored = labels[labels != self.ignore_index]
+        if self.token_bytes is None:
+            return float(ce_sum), scored.numel()
+        if self.token_bytes.device != scored.device:
+            self.token_bytes = self.token_bytes.to(scored.device)
+        return float(ce_sum), scored.numel(), {"bytes": float(self.token_bytes[scored].sum())}

@@ -39,6 +39,7 @@ import torch
 from lmforge.config import ConfigError, to_dict
 from lmforge.data.loader import HeldOutWindows, PackedLoader
 from lmforge.data.shards import ShardSet
+from lmforge.eval.bpb import token_bytes_for
 from lmforge.model import ModelConfig, Transformer
 from lmforge.tokenizer.train import load_tokenizer, tokenizer_sha256
 from lmforge.train.checkpoint import resolve_checkpoint
@@ -171,7 +172,7 @@ def train(recipe, resume: bool = False, hooks: Iterable = ()) -> TrainResult:
         if eval_data is None and env.is_main:
             say(f"note: {shards.dir} has no usable val split (≥ seq_len+1 tokens); no held-out loss will be logged")
         trainer = Trainer(
-            model, LanguageModeling(z_loss=cfg.z_loss), train_data, cfg,
+            model, LanguageModeling(z_loss=cfg.z_loss, token_bytes=token_bytes_for(tokenizer_dir, model.config.vocab_size)), train_data, cfg,
             run_dir=run_dir, env=env, eval_data=eval_data,
             baseline_loss=shards.manifest.get("unigram_entropy_nats"),
             tokenizer_dir=tokenizer_dir, recipe=to_dict(used), parent_checkpoint=parent,

@@ -28,6 +28,7 @@ from lmforge.config import ConfigError, to_dict
 from lmforge.data.chat import read_conversations
 from lmforge.data.packing import Packer, PackedRow, collate
 from lmforge.data.readers import ReadStats
+from lmforge.eval.bpb import token_bytes_for
 from lmforge.io import write_json_atomic
 from lmforge.train.checkpoint import resolve_checkpoint
 from lmforge.train.config import SFTConfig, TrainConfig
@@ -169,7 +170,7 @@ def train_sft(recipe, resume: bool = False, hooks: Iterable = ()) -> TrainResult
         data = prepare_chat_data(scfg, cfg, tokenizer, env)
         used = dataclasses.replace(recipe, model=model.config, train=dataclasses.replace(cfg, out_dir=str(run_dir), tokenizer=str(parent)))
         trainer = Trainer(
-            model, LanguageModeling(z_loss=cfg.z_loss), data.train, cfg,
+            model, LanguageModeling(z_loss=cfg.z_loss, token_bytes=token_bytes_for(parent, model.config.vocab_size)), data.train, cfg,
             run_dir=run_dir, env=env, eval_data=data.eval, tokenizer_dir=parent, recipe=to_dict(used),
             parent_checkpoint=str(parent), flops_per_token=flops_per_token(model.config, cfg.seq_len), hooks=hooks, stage="sft",
         )  # fmt: skip

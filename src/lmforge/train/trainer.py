@@ -10,8 +10,9 @@ does the rest, identically for all stages:
   by its share of the step's tokens over all micro-batches and ranks, so a step's loss and
   gradient are the token mean of the global batch; gradient clipping; bf16 autocast (fp16 with
   a GradScaler on CUDA); DDP with ``no_sync`` on accumulation micro-steps.
-* held-out loss every ``eval_every`` steps and at the end; metrics to JSONL/TensorBoard/wandb;
-  a progress bar; a loss-curve PNG.
+* held-out loss (and bits per byte) every ``eval_every`` steps and at the end, plus the
+  evaluation tasks of ``train.eval_tasks`` (``lmforge.eval.hooks``); metrics to
+  JSONL/TensorBoard/wandb; a progress bar; loss-curve and evaluation-curve PNGs.
 * atomic checkpoints every ``ckpt_every`` steps and at the end; ``fit(resume=True)`` continues
   from the latest one bit-for-bit (CPU): weights, optimizer, scaler, data position and RNGs are
   all restored, and the learning rate is a function of the step.
@@ -47,7 +48,7 @@ from lmforge.train import checkpoint as ckpt
 from lmforge.train.config import TrainConfig
 from lmforge.train.distributed import DistEnv, pick_device, resolve_dtype, wrap_ddp
 from lmforge.train.flops import peak_flops
-from lmforge.train.metrics import LOSS_CURVE_FILE, TENSORBOARD_DIR, MetricsLogger, ProgressDisplay, plot_loss_curve, say
+from lmforge.train.metrics import EVAL_CURVES_FILE, LOSS_CURVE_FILE, TENSORBOARD_DIR, MetricsLogger, ProgressDisplay, plot_eval_curves, plot_loss_curve, say
 from lmforge.train.objectives import Objective
 from lmforge.train.optim import build_optimizer
 from lmforge.train.schedules import LRSchedule
@@ -170,6 +171,10 @@ class Trainer:
         self.baseline_loss, self.tokenizer_dir = baseline_loss, tokenizer_dir
         self.recipe, self.parent_checkpoint = recipe or {}, parent_checkpoint
         self.flops_per_token, self.hooks = flops_per_token, list(hooks)
+        if cfg.eval_tasks:
+            from lmforge.eval.hooks import TaskEvalHook
+
+            self.hooks.append(TaskEvalHook.from_trainer_config(cfg, tokenizer_dir))
         self.save_weights, self.load_weights = save_weights, load_weights
         if cfg.grad_accum < 1 or cfg.batch_size < 1 or cfg.max_steps < 1:
             raise ConfigError(f"train.batch_size, grad_accum and max_steps must be >= 1 (got {cfg.batch_size}, {cfg.grad_accum}, {cfg.max_steps})")
@@ -196,6 +201,7 @@ class Trainer:
         self._peak = peak_flops(self.device, self.amp_dtype) if flops_per_token else 0.0
         self._step_tokens = 0
         self._logger: MetricsLogger | None = None
+        self._progress: ProgressDisplay | None = None
         self._last_plot = 0.0
 
     # --- pieces -------------------------------------------------------------------------------
@@ -205,6 +211,18 @@ class Trainer:
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def log_record(self, record: dict) -> None:
+        """Add a record to metrics.jsonl (and TensorBoard/wandb); for hooks. Rank 0 logs."""
+        if self._logger is not None:
+            self._logger.log(record)
+
+    def message(self, text: str) -> None:
+        """A line on the console above the progress bar (rank 0 only)."""
+        if self._progress is not None:
+            self._progress.message(text)
+        elif self.env.is_main:
+            say(text)
 
     def _call_hooks(self, name: str, *args) -> None:
         for hook in self.hooks:
@@ -294,6 +312,9 @@ class Trainer:
         loss = loss_sum / max(tokens, 1.0)
         record = {"kind": "eval", "step": self.step, "eval_loss": loss, "eval_bpt": loss / math.log(2), "eval_tokens": int(tokens)}
         record.update({f"eval_{k}": v / max(tokens, 1.0) for k, v in zip(keys, extras)})
+        if "bytes" in keys:  # bits per byte: comparable across tokenizers
+            total_bytes = extras[keys.index("bytes")]
+            record.update(eval_bytes=int(total_bytes), eval_bpb=loss_sum / math.log(2) / max(total_bytes, 1.0))
         if self.baseline_loss is not None:
             record.update(baseline_loss=self.baseline_loss, baseline_bpt=self.baseline_loss / math.log(2))
         return record
@@ -348,6 +369,7 @@ class Trainer:
     def _plot(self) -> Path | None:
         self._last_plot = time.time()
         try:
+            plot_eval_curves(self.run_dir / "metrics.jsonl", self.run_dir / EVAL_CURVES_FILE, title=self.recipe.get("name", ""))
             return plot_loss_curve(self.run_dir / "metrics.jsonl", self.run_dir / LOSS_CURVE_FILE, self.baseline_loss,
                                    title=self.recipe.get("name", ""))
         except Exception as exc:  # a plot is a convenience; never let it hide the run's own outcome
@@ -400,7 +422,7 @@ class Trainer:
         if env.is_main:
             self._logger = MetricsLogger(self.run_dir, cfg.tensorboard, cfg.wandb_project, self.recipe.get("name", ""),
                                          self.recipe, resume_step=self.step if resumed else None)
-        progress = ProgressDisplay(cfg.max_steps, start_step, enabled=env.is_main and cfg.progress)
+        progress = self._progress = ProgressDisplay(cfg.max_steps, start_step, enabled=env.is_main and cfg.progress)
         self.raw_model.train()
         window_tokens, window_time = 0, 0.0
         try:
@@ -434,7 +456,8 @@ class Trainer:
                     self.last_eval = self.evaluate()
                     if self._logger is not None:
                         self._logger.log(self.last_eval)
-                    progress.message(f"step {step}: held-out loss {self.last_eval['eval_loss']:.4f} ({self.last_eval['eval_bpt']:.3f} bits/token)"
+                    bpb = f", {self.last_eval['eval_bpb']:.3f} bits/byte" if "eval_bpb" in self.last_eval else ""
+                    progress.message(f"step {step}: held-out loss {self.last_eval['eval_loss']:.4f} ({self.last_eval['eval_bpt']:.3f} bits/token{bpb})"
                                      + (f", unigram baseline {self.baseline_loss:.4f}" if self.baseline_loss is not None else ""))
                     self._call_hooks("on_eval", step, self.last_eval)
                 if (cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0) or final:
@@ -444,6 +467,7 @@ class Trainer:
                         self._plot()
         finally:
             progress.close()
+            self._progress = None
             if self._logger is not None:
                 self._logger.close()
                 self._logger = None

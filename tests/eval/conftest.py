@@ -1,0 +1,26 @@
+"""Fixtures for the evaluation tests: one thread for torch, and a tiny checkpoint (helpers in
+``eval_helpers.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from eval_helpers import make_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models run fastest on one thread, and the CI machine's 2 cores are shared.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def eval_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random checkpoint with larger weights (init_std 0.2), so its choices are decided by
+    clear margins rather than rounding noise."""
+    return make_checkpoint(tmp_path_factory.mktemp("eval-ckpt"), init_std=0.2)
