@@ -23,6 +23,18 @@ def _seed_everything():
 
 
 @pytest.fixture
+def one_thread():
+    """torch on one thread for the test: tiny models run fastest so, and the CI machine's 2 cores
+    are shared. Directories of tiny-model tests make it autouse in their conftest."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def shared_data() -> Path:
     """Real data samples (../shared/data); tests that use them skip where they are absent."""
     if not SHARED_DATA.is_dir():

@@ -166,20 +166,20 @@ def run_evaluate(ctx) -> dict:
     p = ctx.recipe.posttrain
     test_file = ctx.upstream["synth"]["files"]["math_test"]
     problems = [json.loads(line) for line in Path(test_file).read_text(encoding="utf-8").splitlines() if line.strip()]
-    choice_file = write_mc_from_math([r for r in problems if r.get("lang") == "en"], ctx.dir / "mc" / "math_word_problems.csv", seed=p.seed)
-    tasks = [
-        TaskSpec("math", test_file, {"max_new_tokens": p.eval_max_new_tokens, "strict": True}, "math"),
-        TaskSpec("mmlu", str(choice_file), {}, "math-choice"),
-    ]
+    tasks = [TaskSpec("math", test_file, {"max_new_tokens": p.eval_max_new_tokens, "strict": True}, "math")]
+    english = [r for r in problems if r.get("lang") == "en"]
+    if english:  # the choice task's prompt is English (one template per file)
+        choice_file = write_mc_from_math(english, ctx.dir / "mc" / "math_word_problems.csv", seed=p.seed)
+        tasks.append(TaskSpec("mmlu", str(choice_file), {}, "math-choice"))
     models = {"base": ctx.upstream["pretrain"]["checkpoint"], "sft": ctx.upstream["sft"]["checkpoint"], "dpo": ctx.upstream["dpo"]["checkpoint"]}
     results, files = {}, {}
     for name, checkpoint in models.items():
         model = EvalModel.from_checkpoint(checkpoint)
         results[name] = run_tasks(model, tasks)
         files[name] = str(save_results(ctx.dir / f"{name}.eval_results.json", results[name], checkpoint=checkpoint))
-        math, choice = results[name]["math"], results[name]["math-choice"]
-        console.print(f"  {name:<5} exact answers {math['value']:.1%} of {math['n']} held-out problems; "
-                      f"multiple choice {choice['value']:.1%} of {choice['n']} (chance {choice['chance']:.0%})")
+        math, choice = results[name]["math"], results[name].get("math-choice")
+        console.print(f"  {name:<5} exact answers {math['value']:.1%} of {math['n']} held-out problems"
+                      + (f"; multiple choice {choice['value']:.1%} of {choice['n']} (chance {choice['chance']:.0%})" if choice else ""))
     final = EvalModel.from_checkpoint(models["dpo"]).engine
     greedy = SamplingConfig(max_new_tokens=p.eval_max_new_tokens, temperature=0.0)
     chats = [{"prompt": q, "reply": final.chat([{"role": "user", "content": q}], greedy)} for q in p.chat_prompts]
@@ -190,8 +190,8 @@ def run_evaluate(ctx) -> dict:
                     for name, r in results.items()}
     summary = {
         "accuracy": {name: r["math"]["value"] for name, r in results.items()},
-        "choice_accuracy": {name: r["math-choice"]["value"] for name, r in results.items()},
-        "choice_chance": results["base"]["math-choice"]["chance"],
+        "choice_accuracy": {name: r["math-choice"]["value"] for name, r in results.items() if "math-choice" in r},
+        "choice_chance": results["base"]["math-choice"]["chance"] if "math-choice" in results["base"] else None,
         "n": len(problems), "chats": chats, "results": math_results, "eval_results": files,
     }  # fmt: skip
     write_json_atomic(ctx.dir / "math_eval.json", summary)

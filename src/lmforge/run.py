@@ -333,7 +333,7 @@ def _print_summary(recipe: Recipe, result: dict) -> None:
         e = s["evaluate"]
         out.print(f"\n[bold]Post-training[/] (exact-answer accuracy on {e['n']} held-out synthetic math problems, greedy)")
         out.print("  " + "  →  ".join(f"{name} {acc:.1%}" for name, acc in e["accuracy"].items()))
-        if "choice_accuracy" in e:
+        if e.get("choice_accuracy"):
             out.print(f"  as multiple choice (chance {e['choice_chance']:.0%}): "
                       + "  →  ".join(f"{name} {acc:.1%}" for name, acc in e["choice_accuracy"].items()))
         for name in ("sft", "dpo"):
@@ -359,8 +359,13 @@ def run_command(
     recipe = load_recipe_for_cli(recipe_path, overrides)
     console.print(f"[bold]lmforge run[/] {recipe_path} → {recipe.out_dir}")
     result = run_pipeline(recipe, set(force or []), until)
+    from lmforge.data.document import DataError
     from lmforge.report import build_report
 
-    # The demo ends with its report card; it reads only the files the stages wrote.
-    result["report"] = build_report(recipe.out_dir)["files"]
+    # The demo ends with its report card; it reads only the files the stages wrote. A report
+    # that cannot be built must not hide the run's own summary.
+    try:
+        result["report"] = build_report(recipe.out_dir)["files"]
+    except (DataError, OSError, ValueError) as exc:
+        console.print(f"[yellow]note:[/] no report card: {_escape(str(exc))} (lmforge report {recipe.out_dir} retries)")
     _print_summary(recipe, result)

@@ -6,17 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from eval_helpers import make_checkpoint
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models run fastest on one thread, and the CI machine's 2 cores are shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -136,12 +136,23 @@ def test_usage_errors_exit_2(checkpoint, tmp_path, monkeypatch, capsys):
     assert code == 2 and "nothing to evaluate" in err
     code, _, err = lmforge(monkeypatch, capsys, "eval", tmp_path / "missing", "--task", "math?n=1")
     assert code == 2 and "error:" in err and "missing" in err and "Traceback" not in err
-    text = tmp_path / "x.txt"
-    text.write_text("some text")
-    code, _, err = lmforge(monkeypatch, capsys, "eval", checkpoint, "--task", f"bpb:{text}", "--task", f"bpb:{tmp_path / 'sub' / 'x.txt'}")
+    text, other = tmp_path / "x.txt", tmp_path / "sub" / "x.txt"
+    other.parent.mkdir()
+    for path in (text, other):
+        path.write_text("some text")
+    code, _, err = lmforge(monkeypatch, capsys, "eval", checkpoint, "--task", f"bpb:{text}", "--task", f"bpb:{other}")
     assert code == 2 and "two tasks share a name" in err
-    code, _, err = lmforge(monkeypatch, capsys, "eval", checkpoint, "--task", f"bpb:{tmp_path / 'absent.txt'}", "--device", "cpu")
-    assert code == 2 and "absent.txt: no such file" in " ".join(err.split())
+
+    # a missing task file is found while the specs are parsed, before the model loads
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the task paths were checked")
+
+    monkeypatch.setattr(EvalModel, "from_checkpoint", no_loading)
+    for spec, missing in ((f"bpb:{tmp_path / 'absent.txt'}", tmp_path / "absent.txt"),
+                          (f"mc:{tmp_path}?dev={tmp_path / 'no_dev'}", f"dev={tmp_path / 'no_dev'}")):
+        code, _, err = lmforge(monkeypatch, capsys, "eval", checkpoint, "--task", f"bpb:{text}", "--task", spec, "--device", "cpu")
+        err = " ".join(err.split())
+        assert code == 2 and f"error: task {spec!r}: {missing} does not exist" in err and "Traceback" not in err
 
 
 def test_a_corrupt_results_file_exits_2(checkpoint, task_files, monkeypatch, capsys, tmp_path):
@@ -151,8 +162,33 @@ def test_a_corrupt_results_file_exits_2(checkpoint, task_files, monkeypatch, cap
                            "--out", bad, "--device", "cpu")
     err = " ".join(err.split())
     assert code == 2 and f"error: {bad}: not a results file" in err and "Traceback" not in err
-    assert "evaluation of" in err  # the table was shown before: the numbers are not lost
+    # results are saved as each task finishes: the first save finds the file bad, after the
+    # task's line was printed (its number is not lost) and before any further task runs
+    assert "bpb:history: bpb " in err and err.index("bpb:history: bpb ") < err.index("error:")
     assert bad.read_text() == "[]"
+
+
+def test_a_failing_task_keeps_the_results_of_those_before_it(checkpoint, task_files, monkeypatch, capsys, tmp_path):
+    import lmforge.eval.tasks as tasks
+    from lmforge.data.document import DataError
+
+    real_run_task = tasks.run_task
+
+    def second_fails(model, spec, **kwargs):
+        if spec.name == "broken":
+            raise DataError(f"{spec.path}:3: a row this test breaks")
+        return real_run_task(model, spec, **kwargs)
+
+    monkeypatch.setattr(tasks, "run_task", second_fails)
+    out_file = tmp_path / "results.json"
+    code, _, err = lmforge(monkeypatch, capsys, "eval", checkpoint, "--task", f"bpb:{task_files['text']}?max_bytes=30&name=first",
+                           "--task", f"mc:{task_files['mc']}?name=broken", "--task", f"bpb:{task_files['text']}?max_bytes=20&name=third",
+                           "--out", out_file, "--device", "cpu")
+    err = " ".join(err.split())
+    assert code == 2 and f"error: {task_files['mc']}:3: a row this test breaks" in err and "Traceback" not in err
+    saved = json.loads(out_file.read_text())
+    assert list(saved["tasks"]) == ["first"] and saved["checkpoint"] == str(checkpoint)
+    assert saved["tasks"]["first"]["n"] == capped(task_files["text"], 30) and saved["tasks"]["first"]["kind"] == "bpb"
 
 
 def test_a_malformed_csv_row_exits_2_or_is_skipped(checkpoint, tmp_path, monkeypatch, capsys):
@@ -184,7 +220,12 @@ def test_real_cmmlu_dev_one_item_per_subject(checkpoint, shared_data, monkeypatc
     per_subject = entry["details"]["subjects"]
     assert sorted(per_subject) == subjects and all(s["n"] == 1 for s in per_subject.values())
     assert sum(s["correct"] for s in per_subject.values()) == round(entry["value"] * entry["n"])
-    assert "cmmlu:cmmlu_dev: subjects" in err  # --details: the per-subject table
+    assert "cmmlu:cmmlu_dev: subjects" in err  # --details: the per-subject table, chance level included
+    table = err[err.index("cmmlu:cmmlu_dev: subjects"):].splitlines()
+    assert [c.strip() for c in table[2].split("┃")[1:-1]] == ["", "n", "correct", "accuracy", "chance"]
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.split("│")[1:-1]] for line in table if line.startswith("│"))}
+    assert sorted(rows) == subjects
+    assert all(r[0] == "1" and r[1] == str(per_subject[s]["correct"]) and r[3] == "25.0%" for s, r in rows.items())
 
 
 def test_the_console_script_end_to_end(checkpoint, task_files, tmp_path):

@@ -205,11 +205,16 @@ def test_evaluate_math_prompts_shots_and_limits(tmp_path):
     assert chat["n"] == 2 and sorted(texts) == asked
     assert sampling.stop == [] and (sampling.temperature, sampling.seed) == (0.5, 4)
     assert chat["details"]["sampling"]["temperature"] == 0.5
-    # shots from another file: every problem of this one is asked
+    # shots from another file: this file's problems are asked, except one that is a shot
     shots = write_jsonl(tmp_path / "shots.jsonl", GSM8K[1:])
     engine.calls.clear()
-    assert evaluate_math(engine, path, prompt="fewshot", k_shot=1, shots_path=shots)["n"] == 3
-    assert all(t.startswith(f"Question: {GSM8K[1]['question']}") for t in engine.calls[0][0])
+    assert evaluate_math(engine, path, prompt="fewshot", k_shot=1, shots_path=shots)["n"] == 2
+    (texts, _), = engine.calls
+    assert sorted(texts) == sorted(fewshot_prompt([GSM8K[1]], r) for r in (GSM8K[0], GSM8K[2]))
+    other = write_jsonl(tmp_path / "other.jsonl", [GSM8K[2]])  # no overlap: every problem is asked
+    engine.calls.clear()
+    assert evaluate_math(engine, write_jsonl(tmp_path / "two.jsonl", GSM8K[:2]), prompt="fewshot", k_shot=1, shots_path=other)["n"] == 2
+    assert all(t.startswith(f"Question: {GSM8K[2]['question'].strip()}") for t in engine.calls[0][0])
     # records given directly
     assert evaluate_math(engine, list(GSM8K), limit=1)["n"] == 1
     with pytest.raises(ValueError, match="3-shot needs 3 solved examples; found 2"):
@@ -220,6 +225,33 @@ def test_evaluate_math_prompts_shots_and_limits(tmp_path):
         evaluate_math(engine, path, prompt="fewshot", k_shot=-1)
     with pytest.raises(ValueError, match="no problems to evaluate"):
         evaluate_math(engine, path, prompt="fewshot", k_shot=3)
+    with pytest.raises(ValueError, match="k_shot=2 needs prompt=fewshot"):  # chat prompts take no examples
+        evaluate_math(engine, path, prompt="chat", k_shot=2)
+
+
+def test_a_shot_is_never_asked(tmp_path):
+    """With shots_path the file itself, its first k problems are the shots and are not asked; a
+    problem repeating a shot's question (whitespace aside) is not asked either."""
+    path = write_jsonl(tmp_path / "gsm.jsonl", GSM8K)
+    engine = ScriptedEngine(answer_from_prompt({r["question"]: "#### 1,003" for r in GSM8K}))
+    same = evaluate_math(engine, path, prompt="fewshot", k_shot=2, shots_path=path)
+    assert same["n"] == len(GSM8K) - 2 and same["value"] == 1.0 and same["details"]["k_shot"] == 2
+    assert engine.calls[-1][0] == [fewshot_prompt(GSM8K[:2], GSM8K[2])]
+    # the same result as shots taken from the file by default
+    assert evaluate_math(engine, path, prompt="fewshot", k_shot=2)["n"] == len(GSM8K) - 2
+    # a duplicate of the first problem later in the file is left out with it
+    duplicate = {**GSM8K[0], "question": f"  {GSM8K[0]['question']}\n"}
+    with_duplicate = write_jsonl(tmp_path / "dup.jsonl", [*GSM8K, duplicate])
+    engine.calls.clear()
+    result = evaluate_math(engine, with_duplicate, prompt="fewshot", k_shot=1)
+    assert result["n"] == 2
+    (texts, _), = engine.calls
+    assert sorted(texts) == sorted(fewshot_prompt(GSM8K[:1], r) for r in GSM8K[1:])
+    # synthetic records (messages): the question is the last user turn
+    records = generate_problems(6, levels=[1], langs=["en"], seed=8)
+    records.append({**records[1], "messages": [{"role": "system", "content": "be brief"}, *records[1]["messages"]]})
+    synth = evaluate_math(ScriptedEngine(lambda prompt: "Answer: 0"), records, prompt="fewshot", k_shot=2)
+    assert synth["n"] == len(records) - 3  # the two shots and the copy of the second
 
 
 # ---- the real engine on the GSM8K sample -------------------------------------------------------------
@@ -251,6 +283,16 @@ def test_gsm8k_sample_end_to_end(eval_model, shared_data, prompt, k_shot):
 # ---- task specs ------------------------------------------------------------------------------------------
 
 
+def make_path(path: str) -> None:
+    """An empty directory (``.../``) or file at ``path``, relative to the current directory."""
+    p = Path(path)
+    if path.endswith("/"):
+        p.mkdir(parents=True, exist_ok=True)
+    else:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.touch()
+
+
 @pytest.mark.parametrize("spec, kind, path, options, name", [
     ("bpb:data/wiki.txt", "bpb", "data/wiki.txt", {}, "bpb:wiki"),
     ("bpb:data/a.jsonl.zst?max_bytes=1000&stride=64&txt_mode=paragraph&text_key=body", "bpb", "data/a.jsonl.zst",
@@ -268,14 +310,20 @@ def test_gsm8k_sample_end_to_end(eval_model, shared_data, prompt, k_shot):
      {"n": 4, "max_new_tokens": 8, "levels": "1,2", "langs": "en", "strict": False}, "math"),
     ("math:held_out.jsonl?temperature=1", "math", "held_out.jsonl", {"temperature": 1.0}, "math:held_out"),
 ])  # fmt: skip
-def test_parse_task_every_kind(spec, kind, path, options, name):
+def test_parse_task_every_kind(spec, kind, path, options, name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the spec's relative paths must exist
+    for given in filter(None, [path, options.get("dev"), options.get("shots")]):
+        make_path(given)
     task = parse_task(spec)
     assert (task.kind, task.path, task.options, task.name, str(task)) == (kind, path, options, name, name)
     for key, value in task.options.items():
         assert type(value) is OPTIONS[kind][key]  # typed, not strings
 
 
-def test_parse_task_defaults_fill_only_options_the_kind_has():
+def test_parse_task_defaults_fill_only_options_the_kind_has(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_path("d/")
+    make_path("f.txt")
     defaults = {"limit": 7, "k_shot": 0, "max_bytes": None}
     assert parse_task("mc:d", defaults).options == {"limit": 7, "k_shot": 0}
     assert parse_task("mc:d?limit=2", defaults).options == {"limit": 2, "k_shot": 0}  # the spec wins
@@ -283,6 +331,27 @@ def test_parse_task_defaults_fill_only_options_the_kind_has():
     assert parse_task("bpb:f.txt", {"max_bytes": 10}).options == {"max_bytes": 10}
     assert parse_task("math", defaults).options == {"limit": 7, "k_shot": 0}
     assert set(KINDS) == {"bpb", "mc", "cmmlu", "ceval", "mmlu", "gsm8k", "math"}
+
+
+@pytest.mark.parametrize("spec, missing", [
+    ("bpb:nowhere.txt", "nowhere.txt does not exist"),
+    ("mc:data/?dev=no_dev", "dev=no_dev does not exist"),
+    ("gsm8k:gsm.jsonl?shots=no_shots.jsonl", "shots=no_shots.jsonl does not exist"),
+    ("math:held_out/missing.jsonl?n=3", "held_out/missing.jsonl does not exist"),
+    ("mc:gone/?dev=data/", "gone/ does not exist"),
+])  # fmt: skip
+def test_parse_task_paths_must_exist(spec, missing, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_path("data/")
+    make_path("gsm.jsonl")
+    with pytest.raises(ConfigError) as info:
+        parse_task(spec)
+    assert str(info.value) == f"task {spec!r}: {missing}"
+    # an absolute path is checked as given, not against the current directory
+    assert parse_task(f"bpb:{tmp_path / 'gsm.jsonl'}").path == str(tmp_path / "gsm.jsonl")
+    monkeypatch.chdir(tmp_path / "data")
+    with pytest.raises(ConfigError, match="gsm.jsonl does not exist"):
+        parse_task("gsm8k:gsm.jsonl")
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -302,11 +371,14 @@ def test_parse_task_errors_name_the_spec(spec, message):
     assert f"task {spec!r}" in str(info.value) and message in str(info.value)
 
 
-def test_run_tasks_rejects_duplicate_names_before_running(tmp_path):
+def test_run_tasks_rejects_duplicate_names_before_running(tmp_path, monkeypatch):
     class NoModel:  # nothing may run
         def __getattr__(self, name):
             raise AssertionError("a task ran")
 
+    monkeypatch.chdir(tmp_path)
+    make_path("x/a.txt")
+    make_path("y/a.txt")
     with pytest.raises(ConfigError, match=r"two tasks share a name \(bpb:a, bpb:a\)"):
         run_tasks(NoModel(), ["bpb:x/a.txt", "bpb:y/a.txt"])
     with pytest.raises(ConfigError, match="unknown kind"):

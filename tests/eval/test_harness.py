@@ -108,7 +108,7 @@ def _lmforge_requests(data, k_shot, task_prefix):
         lang = mc.subject_lang(file.layout, [i.question for i in file.items])
         name = mc.subject_display_name(subject, file.layout, lang)
         out[f"{task_prefix}_{subject}"] = [
-            (mc.mc_prompt(item, mc.few_shot_examples(item, pool, k_shot), lang, name), " " + letter)
+            (mc.mc_prompt(item, mc.few_shot_examples(item, pool, k_shot), lang, name, file.layout), " " + letter)
             for item in file.items for letter in item.letters
         ]
     return out
@@ -124,9 +124,9 @@ def test_task_prompts_are_lmforges_prompts(mc_data, tmp_path, k_shot, layout):
 def test_text_scoring_prompts_score_option_texts_with_letter_examples(mc_data, tmp_path):
     task_dir = write_mc_task(mc_data / "split" / "test", tmp_path, name="mct", k_shot=1, scoring="text")
     requests = _task_requests(task_dir, "mct")["mct_alpha"]
-    first = mc.read_mc_csv(mc_data / "split" / "test" / "alpha.csv").items[0]
-    shot = mc.read_mc_csv(mc_data / "split" / "dev" / "alpha.csv").items[0]
-    prompt = mc.mc_prompt(first, [shot], "zh", "alpha")
+    file = mc.read_mc_csv(mc_data / "split" / "test" / "alpha.csv")
+    first, shot = file.items[0], mc.read_mc_csv(mc_data / "split" / "dev" / "alpha.csv").items[0]
+    prompt = mc.mc_prompt(first, [shot], "zh", "alpha", file.layout)
     assert requests[:4] == [(prompt, " " + option) for option in first.options]
     assert prompt.count(f"答案： {shot.answer}\n\n") == 1  # the example is answered with its letter
 
@@ -229,3 +229,56 @@ def test_rewriting_a_task_leaves_no_stale_subjects(mc_data, tmp_path):
     write_mc_task(mc_data / "flat" / "alpha.csv", tmp_path, name="mc")
     assert sorted(p.name for p in task_dir.glob("*.yaml")) == ["mc.yaml"]  # one subject: the task is the name
     assert sorted(p.name for p in (task_dir / "data").iterdir()) == ["alpha_test.jsonl"]
+
+
+def test_the_eval_command_runs_local_tasks_through_lm_eval(eval_checkpoint, mc_data, tmp_path, monkeypatch, capsys):
+    """``lmforge eval CKPT --harness mc:PATH``: lm-eval gets the device and dtype asked for, the
+    results file holds the task, and ``--details`` shows lm-eval's subjects (no counts of correct
+    answers there) with a chance column."""
+    import sys
+
+    from lmforge.cli import main
+
+    calls = []
+    real_run_harness = harness.run_harness
+
+    def recorded(*args, **kwargs):
+        calls.append(kwargs)
+        return real_run_harness(*args, **kwargs)
+
+    monkeypatch.setattr(harness, "run_harness", recorded)
+    monkeypatch.setenv("COLUMNS", "250")
+    out_file = tmp_path / "results.json"
+    monkeypatch.setattr(sys, "argv", ["lmforge", "eval", str(eval_checkpoint), "--harness", f"mc:{mc_data / 'flat'}?name=local",
+                                      "--limit", "2", "--details", "--out", str(out_file), "--device", "cpu", "--dtype", "float32"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code in (0, None)
+    err = capsys.readouterr().err
+    (kwargs,) = calls
+    assert (kwargs["device"], kwargs["dtype"], kwargs["limit"]) == ("cpu", "float32", 2)
+    entry = json.loads(out_file.read_text())["tasks"]["harness:local"]
+    assert entry["kind"] == "harness" and entry["metric"] == "acc" and entry["n"] == 4
+    assert {s: c["n"] for s, c in entry["details"]["subjects"].items()} == {"alpha": 2, "beta": 2}
+    table = err[err.index("harness:local: subjects"):].splitlines()
+    assert [c.strip() for c in table[2].split("┃")[1:-1]] == ["", "n", "correct", "accuracy", "chance"]
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.split("│")[1:-1]] for line in table if line.startswith("│"))}
+    for subject in ("alpha", "beta"):
+        n, correct, accuracy, chance = rows[subject]
+        assert (n, correct, chance) == ("2", "—", "—")  # lm-eval gives no count of correct answers
+        assert accuracy == f"{entry['details']['subjects'][subject]['accuracy']:.1%}"
+
+
+def test_harness_placement_follows_device_and_dtype():
+    import torch
+
+    from lmforge.eval.cli import _harness_placement
+    from lmforge.infer.engine import cpu_has_fast_bf16
+
+    assert _harness_placement("cpu", "float32") == {"device": "cpu", "dtype": "float32"}
+    assert _harness_placement("cpu", "bfloat16") == {"device": "cpu", "dtype": "bfloat16"}
+    auto = _harness_placement("auto", "auto")
+    if torch.cuda.is_available():
+        assert auto["device"].startswith("cuda") and auto["dtype"] in ("bfloat16", "float32")
+    else:  # no GPU: the CPU, in bf16 only where it multiplies bf16 natively
+        assert auto == {"device": "cpu", "dtype": "bfloat16" if cpu_has_fast_bf16() else "float32"}

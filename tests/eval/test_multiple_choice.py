@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -206,6 +207,27 @@ def test_prompts_are_the_brief_s_strings(tmp_path):
         "下列哪个是水果\nA. 白菜\nB. 土豆\nC. 萝卜\nD. 苹果\n答案：")
 
 
+def test_ceval_and_cmmlu_files_word_the_subject_line_as_lm_eval_does(tmp_path, scorer):
+    """lm-eval's ceval-valid and cmmlu tasks open with different sentences; each layout keeps its own."""
+    ceval = read_mc_csv(write_mc_csv(tmp_path / "t" / "high_school_physics.csv", ZH_ROWS, "ceval"))
+    cmmlu = read_mc_csv(write_mc_csv(tmp_path / "t" / "agronomy.csv", ZH_ROWS, "cmmlu"))
+    question = "下列哪个是水果\nA. 白菜\nB. 土豆\nC. 萝卜\nD. 苹果\n答案："
+    shot = "肉牛屠宰后，胴体的哪个部位肉质较好\nA. 胸\nB. 腹\nC. 大腿\nD. 小腿\n答案： C\n\n"
+    assert mc_prompt(ceval.items[1], mc.few_shot_examples(ceval.items[1], ceval.items, 1), "zh", "高中物理", ceval.layout) == (
+        "以下是中国关于高中物理的单项选择题，请选出其中的正确答案。\n\n" + shot + question)
+    assert mc_prompt(cmmlu.items[1], mc.few_shot_examples(cmmlu.items[1], cmmlu.items, 1), "zh", "农学", cmmlu.layout) == (
+        "以下是关于农学的单项选择题，请直接给出正确答案的选项。\n\n" + shot + question)
+    # English prompts are MMLU's whatever the layout
+    for layout in ("ceval", "cmmlu", "mmlu"):
+        assert mc.mc_description("physics", "en", layout) == "The following are multiple choice questions (with answers) about physics.\n\n"
+    # evaluating a directory of both: each file's prompts take its own layout's sentence
+    entry = evaluate_multiple_choice(scorer, tmp_path / "t", k_shot=1)
+    first_lines = {Path(e["source"].split(":")[0]).stem: e["prompt"].split("\n")[0] for e in entry["details"]["examples"]}
+    assert first_lines == {"high_school_physics": "以下是中国关于高中物理的单项选择题，请选出其中的正确答案。",
+                           "agronomy": "以下是关于农学的单项选择题，请直接给出正确答案的选项。"}
+    assert {s: r["layout"] for s, r in entry["details"]["subjects"].items()} == {"high_school_physics": "ceval", "agronomy": "cmmlu"}
+
+
 def test_auto_language_and_subject_names(tmp_path, scorer):
     write_mc_csv(tmp_path / "t" / "agronomy.csv", EN_ROWS, "cmmlu")  # cmmlu layout: zh even for ASCII questions
     write_mc_csv(tmp_path / "t" / "high_school_physics.csv", ZH_ROWS, "ceval")
@@ -254,7 +276,7 @@ def test_letter_scoring_equals_a_full_forward(tmp_path, scorer, hf_model, k_shot
         file = read_mc_csv(root / f"{subject}.csv")
         correct = 0
         for item in file.items:
-            prompt = mc_prompt(item, mc.few_shot_examples(item, file.items, k_shot), row["lang"], row["name"])
+            prompt = mc_prompt(item, mc.few_shot_examples(item, file.items, k_shot), row["lang"], row["name"], file.layout)
             logliks = brute_force_logliks(hf_model, prompt, [" " + x for x in item.letters])
             mine = score_choices(scorer, [item], [prompt], "letter")[0][0]
             assert mine == pytest.approx(logliks, abs=2e-4)

@@ -16,12 +16,8 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models decode fastest on one thread, and the CI machine's 2 cores are shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -36,12 +36,8 @@ def _recipe(tmp_path: Path, student: Path, teacher: Path, data: Path, *overrides
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # The models here are tiny: a second thread only adds contention (10x slower on a busy 2-core box).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lmforge.config import ConfigError
 from lmforge.train.pretrain import train
@@ -62,6 +63,7 @@ def test_tasks_are_logged_and_plotted_and_do_not_change_training(tok_shards, tex
     from lmforge.data.loader import HeldOutWindows
     from lmforge.data.shards import ShardSet
     from lmforge.eval.bpb import token_bytes_for
+    from lmforge.model.hf import load_pretrained
     from lmforge.train.metrics import eval_series
 
     tasks = f'train.eval_tasks=["bpb:{text_file}", "math?n=2&max_new_tokens=4"]'
@@ -88,15 +90,30 @@ def test_tasks_are_logged_and_plotted_and_do_not_change_training(tok_shards, tex
     assert order.index(("task", 2)) > order.index(("train", 2)) and order.index(("task", 4)) > order.index(("train", 4))
     assert not any(r["kind"] == "task" for r in records(tmp_path / "without"))
 
-    # held-out bits per byte: the bytes the held-out labels stand for, from the tokenizer
+    # held-out bits per byte: the bytes the held-out labels stand for, from the tokenizer, and the
+    # loss of those labels only (zero-byte tokens, here the end-of-document id 0, count in neither)
     evals = [r for r in logged if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [2, 4]
     table = token_bytes_for(tokenizer_dir, 300)
-    windows = HeldOutWindows(ShardSet(tok_shards), 32, 4, 2 * 4)
+    windows = list(HeldOutWindows(ShardSet(tok_shards), 32, 4, 2 * 4))
     expected_bytes = sum(int(table[batch["labels"]].sum()) for batch in windows)
+    assert any(bool((table[batch["labels"]] == 0).any()) for batch in windows)  # the rule is exercised
     for r in evals:
         assert r["eval_bytes"] == expected_bytes > r["eval_tokens"] / 2
-        assert r["eval_bpb"] == pytest.approx(r["eval_loss"] * r["eval_tokens"] / math.log(2) / r["eval_bytes"], rel=1e-9)
+        assert "eval_byte_nll" not in r
+    # recomputed from the final checkpoint (the weights of step 4)
+    final = load_pretrained(with_tasks.checkpoint).eval()
+    loss_sum = byte_nll = 0.0
+    tokens = 0
+    with torch.no_grad():
+        for batch in windows:
+            labels = batch["labels"].flatten()
+            ce = F.cross_entropy(final(batch["input_ids"]).logits.float().flatten(0, 1), labels, reduction="none")
+            loss_sum, tokens = loss_sum + float(ce.sum()), tokens + labels.numel()
+            byte_nll += float(ce[table[labels] > 0].sum())
+    assert evals[-1]["eval_tokens"] == tokens and evals[-1]["eval_loss"] == pytest.approx(loss_sum / tokens, rel=1e-5)
+    assert evals[-1]["eval_bpb"] == pytest.approx(byte_nll / math.log(2) / expected_bytes, rel=1e-5)
+    assert byte_nll < loss_sum and evals[-1]["eval_bpb"] != pytest.approx(loss_sum / math.log(2) / expected_bytes, rel=1e-3)
     assert [r["eval_loss"] for r in evals] == [r["eval_loss"] for r in records(tmp_path / "without") if r["kind"] == "eval"]
 
     # eval_curves.png: held-out bits per byte and both task curves
@@ -117,6 +134,38 @@ def test_eval_tasks_every_and_the_last_step(tok_shards, text_file, tmp_path, mak
     assert [r["step"] for r in task_records] == [2, 4, 5]  # every 2 steps, and always at the end
     assert all(r["task/short/n"] <= 40 for r in task_records)
     assert [r["step"] for r in logged if r["kind"] == "eval"] == [5]  # eval_every=0: held-out loss only at the end
+
+
+def test_a_failing_task_is_logged_and_training_goes_on(tok_shards, text_file, tmp_path, make_recipe, losses, capsys, monkeypatch):
+    """The task file disappears after the step-2 evaluation: step 4's evaluation fails, is logged
+    as an error, and the run still finishes with its final checkpoint, trained as without tasks."""
+    import lmforge.eval.tasks as tasks
+
+    recipe = make_recipe(tok_shards, tmp_path / "run", *TASK_STEPS, f'train.eval_tasks=["bpb:{text_file}?name=held_out"]',
+                         "train.progress=true")  # progress lines on: the hook's messages are shown
+    real_run_tasks = tasks.run_tasks
+
+    def then_delete(*args, **kwargs):
+        results = real_run_tasks(*args, **kwargs)
+        text_file.unlink()
+        return results
+
+    monkeypatch.setattr(tasks, "run_tasks", then_delete)
+    result = train(recipe)
+    assert result.checkpoint.name == "step_00000004" and (result.checkpoint / "model.safetensors").is_file()
+    logged = records(tmp_path / "run")
+    task_records = [r for r in logged if r["kind"] == "task"]
+    assert [r["step"] for r in task_records] == [2, 4]
+    assert "task/held_out/bpb" in task_records[0] and "error" not in task_records[0]
+    failed = task_records[1]
+    assert set(failed) == {"kind", "step", "error"} and "held_out.txt" in failed["error"]
+    assert [r["step"] for r in logged if r["kind"] == "train"] == [1, 2, 3, 4]
+    assert [r["step"] for r in logged if r["kind"] == "eval"] == [2, 4]
+    captured = capsys.readouterr()
+    shown = " ".join((captured.out + captured.err).split())
+    assert f"step 4: evaluation tasks failed, training goes on: {failed['error']}" in shown
+    without = train(make_recipe(tok_shards, tmp_path / "without", *TASK_STEPS))
+    assert losses(tmp_path / "run") == losses(tmp_path / "without") and without.checkpoint.name == result.checkpoint.name
 
 
 def test_a_bad_task_spec_fails_when_the_recipe_loads(tok_shards, tmp_path, make_recipe):
@@ -146,6 +195,14 @@ def test_language_modeling_counts_the_bytes_of_scored_labels():
     labels[0, :3] = IGNORE_INDEX
     batch = {"input_ids": ids[:, :-1], "labels": labels}
     loss, tokens, sums = LanguageModeling(token_bytes=table).evaluate(model, batch)
-    scored = labels[labels != IGNORE_INDEX]
-    assert tokens == scored.numel() == 13 and sums == {"bytes": float(table[scored].sum())}
+    with torch.no_grad():
+        logits = model(batch["input_ids"]).logits.float()
+    mask = labels != IGNORE_INDEX
+    scored = labels[mask]
+    ce = torch.nn.functional.cross_entropy(logits[mask], scored, reduction="none")  # one loss per scored label
+    text = table[scored] > 0  # zero-byte (special) tokens: out of both sums
+    assert tokens == scored.numel() == 13 and int((~text).sum()) > 0 and int(text.sum()) > 0
+    assert set(sums) == {"bytes", "byte_nll"} and sums["bytes"] == float(table[scored].sum())
+    assert sums["byte_nll"] == pytest.approx(float(ce[text].sum()), rel=1e-5) and sums["byte_nll"] < loss
+    assert loss == pytest.approx(float(ce.sum()), rel=1e-5)
     assert LanguageModeling().evaluate(model, batch) == (loss, tokens)  # no table: no bytes, the same loss

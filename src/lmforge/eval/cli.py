@@ -34,7 +34,7 @@ def eval_command(
     harness: Annotated[Optional[list[str]], typer.Option("--harness", help="lm-evaluation-harness task names, or mc/cmmlu/ceval/mmlu:PATH specs run as local lm-eval tasks (repeatable or comma-separated).", show_default=False)] = None,
     harness_include: Annotated[Optional[Path], typer.Option("--harness-include", help="A directory of lm-eval task YAMLs (local tasks).", show_default=False)] = None,
     harness_backend: Annotated[str, typer.Option("--harness-backend", help="lmforge (lmforge's scorer and engine) or hf (transformers).")] = "lmforge",
-    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many items per task (default: all).", show_default=False)] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many items per task (per subject for multiple choice; default: all).", show_default=False)] = None,
     k_shot: Annotated[Optional[int], typer.Option("--k-shot", help="Examples before each question (multiple choice, gsm8k), unless a task sets k_shot.", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.")] = 32,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip malformed rows/lines (counted) instead of stopping at the first.")] = False,
@@ -65,6 +65,8 @@ def eval_command(
         def show(name: str, entry: dict) -> None:
             console.print(f"  {name}: {entry['metric']} {format_value(entry)} ({entry['n']:,} {'bytes' if entry['kind'] == 'bpb' else 'items'}, "
                           f"{entry['seconds']:.1f}s)", markup=False, soft_wrap=True)
+            if save:  # each task as it finishes: a later task that fails does not lose it
+                save_results(out or ckpt_dir / RESULTS_FILE, {name: entry}, checkpoint=ckpt_dir)
 
         try:
             results.update(run_tasks(model, specs, skip_bad=skip_bad, on_result=show))
@@ -73,7 +75,7 @@ def eval_command(
                 raise
             _fail(str(exc))
     if harness:
-        results.update(_run_harness(checkpoint, harness, harness_include, harness_backend, limit, k_shot, batch_size, device))
+        results.update(_run_harness(checkpoint, harness, harness_include, harness_backend, limit, k_shot, batch_size, device, dtype))
         if ckpt_dir is None:
             from lmforge.train.checkpoint import resolve_checkpoint
 
@@ -82,13 +84,16 @@ def eval_command(
     if details:
         _print_details(results)
     if save and ckpt_dir is not None:
-        path = save_results(out or ckpt_dir / RESULTS_FILE, results, checkpoint=ckpt_dir)
+        harness_results = {k: v for k, v in results.items() if v["kind"] == "harness"}
+        path = out or ckpt_dir / RESULTS_FILE
+        if harness_results:
+            save_results(path, harness_results, checkpoint=ckpt_dir)
         console.print(f"results: {path}", soft_wrap=True, markup=False)
     if as_json:
         print(json.dumps(results, ensure_ascii=False, indent=2))
 
 
-def _run_harness(checkpoint, names, include, backend, limit, k_shot, batch_size, device) -> dict[str, dict]:
+def _run_harness(checkpoint, names, include, backend, limit, k_shot, batch_size, device, dtype) -> dict[str, dict]:
     """lm-eval tasks by name, and multiple-choice CSV data given as task specs
     (``cmmlu:PATH``), written as local lm-eval tasks with lmforge's prompts first."""
     import re
@@ -119,7 +124,7 @@ def _run_harness(checkpoint, names, include, backend, limit, k_shot, batch_size,
         try:
             out = run_harness(checkpoint, tasks, backend=backend, include_path=includes or None, limit=limit,
                               num_fewshot=None if any(":" in e for e in entries) else k_shot,
-                              batch_size=batch_size, device="cpu" if device == "auto" else device)
+                              batch_size=batch_size, **_harness_placement(device, dtype))
         except ImportError as exc:
             _fail(str(exc))
     seconds = time.perf_counter() - start
@@ -140,6 +145,16 @@ def _run_harness(checkpoint, names, include, backend, limit, k_shot, batch_size,
     return results
 
 
+def _harness_placement(device: str, dtype: str) -> dict:
+    """lm-eval's device and dtype for ours: ``auto`` picks CUDA when present, and bf16 there."""
+    from lmforge.infer.engine import inference_dtype
+    from lmforge.train.distributed import pick_device
+
+    dev = pick_device(device)
+    chosen = inference_dtype(None if dtype == "auto" else dtype, dev)
+    return {"device": str(dev), "dtype": str(chosen).removeprefix("torch.")}
+
+
 def _print_details(results: dict[str, dict]) -> None:
     from rich.table import Table
 
@@ -147,8 +162,10 @@ def _print_details(results: dict[str, dict]) -> None:
         groups = {k: v for k, v in entry.get("details", {}).items() if k in ("subjects", "by_level", "by_lang", "by_kind") and v}
         for group, cells in groups.items():
             table = Table(title=f"{name}: {group.removeprefix('by_')}", title_justify="left")
-            for column in ("", "n", "correct", "accuracy"):
+            for column in ("", "n", "correct", "accuracy", "chance"):
                 table.add_column(column, justify="left" if not column else "right")
             for key, cell in sorted(cells.items()):
-                table.add_row(key, str(cell["n"]), str(cell["correct"]), f"{cell['accuracy']:.1%}")
+                accuracy, chance = cell.get("accuracy"), cell.get("chance")
+                table.add_row(key, str(cell.get("n", "—")), str(cell.get("correct", "—")), "—" if accuracy is None else f"{accuracy:.1%}",
+                              "—" if chance is None else f"{chance:.1%}")
             console.print(table)

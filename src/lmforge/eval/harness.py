@@ -296,7 +296,7 @@ def write_mc_task(
         if available < k_shot:
             raise ConfigError(f"k_shot={k_shot}, but subject {subject!r} has only {available} examples in {dev_file}")
         subject_lang = lang if lang != "auto" else mc.subject_lang(file.layout, [i.question for i in file.items])
-        description = mc.mc_description(mc.subject_display_name(subject, file.layout, subject_lang), subject_lang)
+        description = mc.mc_description(mc.subject_display_name(subject, file.layout, subject_lang), subject_lang, file.layout)
         task = name if len(evaluated) == 1 else f"{name}_{subject}"
         # datasets' arrow cache beside the data, not in ~/.cache: the task directory is self-contained.
         cache_dir = str((task_dir / "hf_cache").resolve())

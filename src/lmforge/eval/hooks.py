@@ -11,6 +11,7 @@ Each run logs one record to ``metrics.jsonl`` (``{"kind": "task", "step", "task/
 "task/<name>/chance", "task/<name>/n"}``), prints a line, and the trainer draws the curves in
 ``eval_curves.png``. The tasks run on rank 0 with the model in eval mode under the run's autocast;
 other ranks wait at a barrier. Keep them light (``limit``, ``max_bytes``): they cost training time.
+A task that fails is logged (``{"kind": "task", "step", "error"}``) and training goes on.
 """
 
 from __future__ import annotations
@@ -44,7 +45,16 @@ class TaskEvalHook:
         if not self.due(step):
             return
         if trainer.env.is_main:
-            trainer.log_record(self.evaluate(trainer, step))
+            # A failing task must not cost the run: it is logged and training goes on (the
+            # checkpoint of this step is saved after the hooks), and every rank reaches the barrier.
+            try:
+                trainer.log_record(self.evaluate(trainer, step))
+            except Exception as exc:  # noqa: BLE001
+                trainer.log_record({"kind": "task", "step": step, "error": f"{type(exc).__name__}: {exc}"})
+                from lmforge.train.metrics import say
+
+                # say, not trainer.message: a failure is shown even with train.progress=false.
+                say(f"step {step}: evaluation tasks failed, training goes on: {type(exc).__name__}: {exc}")
         trainer.env.barrier()
 
     def evaluate(self, trainer, step: int) -> dict:

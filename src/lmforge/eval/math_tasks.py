@@ -15,8 +15,8 @@ asked in one of two ways:
       Question: <the problem>
       Answer:
 
-  The examples are the file's first ``k_shot`` problems (or those of ``shots_path``), left out
-  of the evaluation; GSM8K's calculator annotations (``<<48/2=24>>``) are removed from them.
+  The examples are the file's first ``k_shot`` problems (or those of ``shots_path``); problems
+  with an example's question are left out of the evaluation; GSM8K's calculator annotations (``<<48/2=24>>``) are removed from them.
   Generation stops at the next ``Question:``.
 
 Replies are greedy unless ``temperature`` > 0 (seeded). The answer is what the reply states
@@ -102,13 +102,18 @@ def evaluate_math(
     stats = ReadStats()
     records = problems if isinstance(problems, list) else read_problems(problems, skip_bad, stats)
     shots: list[dict] = []
+    if prompt == "chat" and k_shot:
+        raise ValueError(f"k_shot={k_shot} needs prompt=fewshot (chat prompts ask the question alone)")
     if prompt == "fewshot" and k_shot:
         if shots_path is not None:
             shots = read_problems(shots_path)[:k_shot]
-        else:  # the file's first problems are the examples, and are not asked
-            shots, records = records[:k_shot], records[k_shot:]
+        else:  # the file's first problems are the examples
+            shots = records[:k_shot]
         if len(shots) < k_shot:
             raise ValueError(f"{k_shot}-shot needs {k_shot} solved examples; found {len(shots)}")
+        # An example is never asked: the answer would be in its own prompt.
+        asked_in_shots = {problem_prompt(s)[0][-1]["content"].strip() for s in shots}
+        records = [r for r in records if problem_prompt(r)[0][-1]["content"].strip() not in asked_in_shots]
     if limit is not None:
         records = records[:limit]
     if not records:

@@ -272,7 +272,10 @@ def locate_splits(path: str | Path, dev_path: str | Path | None = None) -> tuple
 # ---- prompts ---------------------------------------------------------------------------------------
 
 
-def mc_description(subject_name: str, lang: str) -> str:
+def mc_description(subject_name: str, lang: str, layout: str = "cmmlu") -> str:
+    """The subject line before the questions, as lm-eval's ``cmmlu`` / ``ceval-valid`` / ``mmlu`` tasks word it."""
+    if lang == "zh" and layout == "ceval":
+        return f"以下是中国关于{subject_name}的单项选择题，请选出其中的正确答案。\n\n"
     if lang == "zh":
         return f"以下是关于{subject_name}的单项选择题，请直接给出正确答案的选项。\n\n"
     return f"The following are multiple choice questions (with answers) about {subject_name}.\n\n"
@@ -283,10 +286,10 @@ def mc_question_text(question: str, options: Sequence[str], lang: str) -> str:
     return "\n".join(lines) + ("\n答案：" if lang == "zh" else "\nAnswer:")
 
 
-def mc_prompt(item: MCItem, shots: Sequence[MCItem], lang: str, subject_name: str) -> str:
+def mc_prompt(item: MCItem, shots: Sequence[MCItem], lang: str, subject_name: str, layout: str = "cmmlu") -> str:
     """description + solved examples (question text, " ", answer letter, blank line) + the question."""
     examples = "".join(mc_question_text(s.question, s.options, lang) + " " + s.answer + "\n\n" for s in shots)
-    return mc_description(subject_name, lang) + examples + mc_question_text(item.question, item.options, lang)
+    return mc_description(subject_name, lang, layout) + examples + mc_question_text(item.question, item.options, lang)
 
 
 def subject_lang(layout: str, questions: Sequence[str]) -> str:
@@ -418,7 +421,7 @@ def evaluate_multiple_choice(scorer, path: str | Path, *, dev_path: str | Path |
         for item in chosen:
             shots = few_shot_examples(item, pools[subject], k_shot) if k_shot else []
             items.append(item)
-            prompts.append(mc_prompt(item, shots, langs[subject], names[subject]))
+            prompts.append(mc_prompt(item, shots, langs[subject], names[subject], file.layout))
     if not items:
         raise DataError(f"{path}: no multiple-choice items to evaluate" + (f" ({sum(skipped.values())} bad rows skipped)" if skipped else ""))
 

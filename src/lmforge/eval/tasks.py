@@ -93,6 +93,10 @@ def parse_task(spec: str, defaults: dict[str, Any] | None = None) -> TaskSpec:
         if key not in allowed:
             raise ConfigError(f"task {spec!r}: unknown option {key!r} for {kind}; allowed: {', '.join(sorted(allowed))}")
         options[key] = _convert(spec, key, value, allowed[key])
+        if key in ("dev", "shots") and not Path(options[key]).exists():
+            raise ConfigError(f"task {spec!r}: {key}={options[key]} does not exist")
+    if path and not Path(path).exists():  # found now, not after a model has loaded or trained
+        raise ConfigError(f"task {spec!r}: {path} does not exist")
     name = options.pop("name", None) or (f"{kind}:{_stem(path)}" if path else kind)
     return TaskSpec(kind, path or None, options, name)
 
@@ -130,10 +134,14 @@ class EvalModel:
     @property
     def engine(self):
         if self._engine is None:
+            from lmforge.eval.scorer import _base_model
             from lmforge.infer.engine import Engine, default_stop_token_ids
 
-            eos = default_stop_token_ids(self.tokenizer, self.checkpoint_dir, getattr(self.model.config, "eos_token_id", None))
-            self._engine = Engine(self.model, self.tokenizer, eos_token_ids=eos)
+            # A peft model (LoRA during training) generates through its base model: the adapters
+            # are injected in place, so the base includes them.
+            model = _base_model(self.model)
+            eos = default_stop_token_ids(self.tokenizer, self.checkpoint_dir, getattr(model.config, "eos_token_id", None))
+            self._engine = Engine(model, self.tokenizer, eos_token_ids=eos)
         return self._engine
 
 
@@ -153,6 +161,8 @@ def run_task(model: EvalModel, spec: TaskSpec, *, skip_bad: bool = False) -> dic
         return evaluate_multiple_choice(model.scorer, spec.path, layout=layout, skip_bad=skip_bad, **o)
     from lmforge.eval.math_tasks import evaluate_math
 
+    if o.get("prompt", "chat" if spec.kind == "math" else "fewshot") == "chat":
+        o.pop("k_shot", None)  # chat prompts ask the question alone (a --k-shot default is for mc/gsm8k)
     if "shots" in o:
         o["shots_path"] = o.pop("shots")
     if spec.kind == "gsm8k":

@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from lmforge import __version__
+from lmforge.train.flops import cpu_name
 
 
 def _version(package: str) -> str | None:
@@ -25,16 +26,6 @@ def _version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_environment() -> dict:
@@ -50,7 +41,7 @@ def machine_environment() -> dict:
         "torch": torch.__version__,
         "transformers": _version("transformers"),
         "lmforge": __version__,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": ", ".join(gpus) if gpus else ("Apple MPS" if mps else None),

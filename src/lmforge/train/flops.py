@@ -73,7 +73,8 @@ def _cache_file() -> Path:
     return Path(root) / "peak_flops.json"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -119,7 +120,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
         for key, peak in _GPU_PEAKS:
             if key in name:
                 return peak if dtype != torch.float32 else peak / 2  # TF32 runs at about half
-    key = f"{device.type}|{_cpu_name() if device.type == 'cpu' else device}|{torch.get_num_threads()}|{dtype}|{torch.__version__}"
+    key = f"{device.type}|{cpu_name() if device.type == 'cpu' else device}|{torch.get_num_threads()}|{dtype}|{torch.__version__}"
     path = _cache_file()
     try:
         cache = json.loads(path.read_text())

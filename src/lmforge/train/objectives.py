@@ -13,8 +13,9 @@ model), not by their loop. An objective is a small object with this interface:
 * ``evaluate(model, batch) -> (loss_sum, tokens)`` or ``(loss_sum, tokens, sums)``: summed
   held-out loss, for exact means over any number of batches and ranks; ``sums`` (optional) maps
   more metric names to sums over the same ``tokens`` (logged as ``eval_<name>`` means, e.g. DPO's
-  reward accuracy). A ``bytes`` sum (the UTF-8 bytes the scored tokens stand for) also gives
-  ``eval_bpb``, bits per byte, which compares across tokenizers.
+  reward accuracy). ``bytes`` (the UTF-8 bytes the scored tokens stand for) and ``byte_nll``
+  (the loss summed over those tokens) give ``eval_bpb``, bits per byte, which compares across
+  tokenizers.
 * ``frozen_models() -> list[nn.Module]``: reference/teacher models the trainer moves to the
   device and keeps in eval mode (DPO, distillation); empty here.
 
@@ -70,13 +71,13 @@ class LanguageModeling:
     def frozen_models(self) -> list[nn.Module]:
         return []
 
-    def _token_losses(self, model: nn.Module, batch: dict):
+    def _token_losses(self, model: nn.Module, batch: dict, reduction: str = "sum"):
         # Packed SFT rows bring their own positions and block-diagonal mask (lmforge.data.packing).
         extra = {k: batch[k] for k in ("position_ids", "attention_mask") if k in batch}
         out = model(batch["input_ids"], **extra)
         logits = out.logits.float().flatten(0, 1)
         labels = batch["labels"].flatten()
-        ce = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction="sum")
+        ce = F.cross_entropy(logits, labels, ignore_index=self.ignore_index, reduction=reduction)
         return out, logits, labels, ce
 
     def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -98,10 +99,14 @@ class LanguageModeling:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batch: dict) -> tuple[float, int] | tuple[float, int, dict]:
-        _, _, labels, ce_sum = self._token_losses(model, batch)
-        scored = labels[labels != self.ignore_index]
+        _, _, labels, ce = self._token_losses(model, batch, reduction="none")  # 0 where ignored
+        scored = labels != self.ignore_index
         if self.token_bytes is None:
-            return float(ce_sum), scored.numel()
-        if self.token_bytes.device != scored.device:
-            self.token_bytes = self.token_bytes.to(scored.device)
-        return float(ce_sum), scored.numel(), {"bytes": float(self.token_bytes[scored].sum())}
+            return float(ce.sum()), int(scored.sum())
+        if self.token_bytes.device != labels.device:
+            self.token_bytes = self.token_bytes.to(labels.device)
+        # Bits per byte counts text only: special tokens (<|im_end|>, end of document) have no
+        # bytes, so their loss stays out too (as nanochat does), and the figure matches `lmforge eval`'s.
+        nbytes = self.token_bytes[labels.clamp(min=0)] * scored
+        text = nbytes > 0
+        return float(ce.sum()), int(scored.sum()), {"bytes": float(nbytes.sum()), "byte_nll": float(ce[text].sum())}

@@ -311,10 +311,11 @@ class Trainer:
         loss_sum, tokens, *extras = self.env.all_reduce_sum([loss_sum, tokens] + [extra_sums[k] for k in keys])
         loss = loss_sum / max(tokens, 1.0)
         record = {"kind": "eval", "step": self.step, "eval_loss": loss, "eval_bpt": loss / math.log(2), "eval_tokens": int(tokens)}
-        record.update({f"eval_{k}": v / max(tokens, 1.0) for k, v in zip(keys, extras)})
-        if "bytes" in keys:  # bits per byte: comparable across tokenizers
-            total_bytes = extras[keys.index("bytes")]
-            record.update(eval_bytes=int(total_bytes), eval_bpb=loss_sum / math.log(2) / max(total_bytes, 1.0))
+        sums = dict(zip(keys, extras))
+        total_bytes, byte_nll = sums.pop("bytes", None), sums.pop("byte_nll", None)
+        record.update({f"eval_{k}": v / max(tokens, 1.0) for k, v in sums.items()})
+        if total_bytes is not None and byte_nll is not None:  # bits per byte: comparable across tokenizers
+            record.update(eval_bytes=int(total_bytes), eval_bpb=byte_nll / math.log(2) / max(total_bytes, 1.0))
         if self.baseline_loss is not None:
             record.update(baseline_loss=self.baseline_loss, baseline_bpt=self.baseline_loss / math.log(2))
         return record
