@@ -180,7 +180,7 @@ def run_evaluate(ctx) -> dict:
         math, choice = results[name]["math"], results[name].get("math-choice")
         console.print(f"  {name:<5} exact answers {math['value']:.1%} of {math['n']} held-out problems"
                       + (f"; multiple choice {choice['value']:.1%} of {choice['n']} (chance {choice['chance']:.0%})" if choice else ""))
-    final = EvalModel.from_checkpoint(models["dpo"]).engine
+    final = model.engine  # the last model scored is the final (DPO) one
     greedy = SamplingConfig(max_new_tokens=p.eval_max_new_tokens, temperature=0.0)
     chats = [{"prompt": q, "reply": final.chat([{"role": "user", "content": q}], greedy)} for q in p.chat_prompts]
     if problems:

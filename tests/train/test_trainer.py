@@ -5,24 +5,13 @@ import math
 
 import pytest
 import torch
+from chat_helpers import CrashAt
 
 from lmforge.config import ConfigError
 from lmforge.train.checkpoint import list_checkpoints, load_trainer_state, read_meta
 from lmforge.train.objectives import LanguageModeling
 from lmforge.train.pretrain import train
 from lmforge.train.trainer import TrainingDiverged
-
-
-
-class CrashAt:
-    """A hook that kills the run (in-process) right after step ``step``."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, trainer, step, record):
-        if step == self.step:
-            raise KeyboardInterrupt(f"simulated crash after step {step}")
 
 
 @pytest.mark.parametrize("dtype, steps, crash", [("float32", 12, 7), ("bfloat16", 6, 5)])

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 PAD_ID = 0  # any valid id: padded positions are never scored, and right padding is never attended to
 
 
-def _base_model(model):
+def base_model(model):
+    """The model under a peft wrapper (LoRA adapters are injected into it in place), else the model."""
     get = getattr(model, "get_base_model", None)  # peft wrappers (LoRA runs evaluate through them)
     return get() if callable(get) else model
 
@@ -67,11 +68,11 @@ class LoglikScorer:
         from lmforge.model.transformer import Transformer
 
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        config = getattr(_base_model(model), "config", None)
+        config = getattr(base_model(model), "config", None)
         self.max_length = max_length or getattr(config, "max_seq_len", None) or getattr(config, "max_position_embeddings", 2048)
         self.device = next(model.parameters()).device
         # Only lmforge's own model can compute logits at chosen positions (``logits_mask``).
-        self._sparse_logits = isinstance(_base_model(model), Transformer)
+        self._sparse_logits = isinstance(base_model(model), Transformer)
         if prefix_token_id is None and tokenizer is not None:
             prefix_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self.prefix_token_id = prefix_token_id
@@ -273,7 +274,7 @@ class LoglikScorer:
             ids[b, width - len(context) :] = torch.tensor(context)
             key_mask[b, width - len(context) : width] = True
         positions = (key_mask[:, :width].long().cumsum(-1) - 1).clamp(min=0)
-        base = _base_model(model)
+        base = base_model(model)
         cache = base.new_kv_cache(len(contexts), width + longest)
         last = model(ids.to(device), position_ids=positions.to(device), kv_cache=cache,
                      attention_mask=key_mask[:, :width].to(device), num_logits_to_keep=1).logits[:, -1]

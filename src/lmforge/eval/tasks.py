@@ -134,12 +134,12 @@ class EvalModel:
     @property
     def engine(self):
         if self._engine is None:
-            from lmforge.eval.scorer import _base_model
+            from lmforge.eval.scorer import base_model
             from lmforge.infer.engine import Engine, default_stop_token_ids
 
             # A peft model (LoRA during training) generates through its base model: the adapters
             # are injected in place, so the base includes them.
-            model = _base_model(self.model)
+            model = base_model(self.model)
             eos = default_stop_token_ids(self.tokenizer, self.checkpoint_dir, getattr(model.config, "eos_token_id", None))
             self._engine = Engine(model, self.tokenizer, eos_token_ids=eos)
         return self._engine
