@@ -389,39 +389,46 @@ class Engine:
             configs = list(sampling)
             if len(configs) != len(prompts):
                 raise ValueError(f"{len(configs)} sampling configs for {len(prompts)} prompts")
-        requests = []
-        for index, (prompt, cfg) in enumerate(zip(prompts, configs)):
-            prompt = [int(t) for t in prompt]
-            if not prompt:
-                raise ValueError(f"prompt {index} is empty; give at least one token (e.g. the eos/bos id)")
-            if cfg.stop and self.tokenizer is None:
-                raise ValueError("stop strings need a tokenizer to decode text")
-            budget = self.max_context - cfg.max_new_tokens
-            if budget < 1:
-                raise ValueError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in a {self.max_context}-token context")
-            dropped = max(0, len(prompt) - budget)
-            if dropped:
-                if self.overflow == "error":
-                    raise ValueError(
-                        f"prompt {index} has {len(prompt)} tokens; with max_new_tokens={cfg.max_new_tokens} at most "
-                        f"{budget} fit the {self.max_context}-token context"
-                    )
-                logger.warning("prompt %d: dropped its first %d of %d tokens to fit the context", index, dropped, len(prompt))
-                prompt = prompt[dropped:]
-            stops = frozenset(cfg.stop_token_ids) | (frozenset() if cfg.ignore_eos else frozenset(self.eos_token_ids))
-            decoder = IncrementalDecoder(self.tokenizer, context_ids=prompt) if self.tokenizer is not None else None
-            requests.append(RequestState(index, prompt, cfg, stops, decoder, dropped))
-        return requests
+        return [self.new_request(index, prompt, cfg) for index, (prompt, cfg) in enumerate(zip(prompts, configs))]
+
+    def new_request(self, index: int, prompt: Sequence[int], cfg: SamplingConfig) -> RequestState:
+        """One request's state, its prompt checked against the context (truncated or refused
+        as ``overflow`` says). The server's scheduler builds its requests here too, so stops,
+        budgets and overflow behave the same everywhere."""
+        prompt = [int(t) for t in prompt]
+        if not prompt:
+            raise ValueError(f"prompt {index} is empty; give at least one token (e.g. the eos/bos id)")
+        if cfg.stop and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer to decode text")
+        budget = self.max_context - cfg.max_new_tokens
+        if budget < 1:
+            raise ValueError(f"max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in a {self.max_context}-token context")
+        dropped = max(0, len(prompt) - budget)
+        if dropped:
+            if self.overflow == "error":
+                raise ValueError(
+                    f"prompt {index} has {len(prompt)} tokens; with max_new_tokens={cfg.max_new_tokens} at most "
+                    f"{budget} fit the {self.max_context}-token context"
+                )
+            logger.warning("prompt %d: dropped its first %d of %d tokens to fit the context", index, dropped, len(prompt))
+            prompt = prompt[dropped:]
+        stops = frozenset(cfg.stop_token_ids) | (frozenset() if cfg.ignore_eos else frozenset(self.eos_token_ids))
+        decoder = IncrementalDecoder(self.tokenizer, context_ids=prompt) if self.tokenizer is not None else None
+        return RequestState(index, prompt, cfg, stops, decoder, dropped)
 
     def _forward(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """The model's last-position logits [B, V].
+        """The model's last-position logits [B, V]."""
+        return self.model_logits(input_ids, **kwargs)[:, -1]
+
+    def model_logits(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """One forward pass of the model for decoding (``kwargs`` as ``Transformer.forward``).
 
         On CUDA, cuDNN's attention backend is excluded: it builds an execution plan for every
         new key length, which decoding produces at every step (~70 ms each on an H100, 8x the
         step itself); the memory-efficient kernel handles the key mask without that cost.
         """
         with self._sdpa_backends() if input_ids.device.type == "cuda" else contextlib.nullcontext():
-            return self.model(input_ids, **kwargs).logits[:, -1]
+            return self.model(input_ids, **kwargs).logits
 
     @staticmethod
     def _sdpa_backends():
