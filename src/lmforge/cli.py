@@ -10,6 +10,7 @@
     lmforge distill                 whitebox / blackbox distillation from a teacher
     lmforge synth                   synthetic data: math, preference pairs, identity, templates
     lmforge generate / chat         text from a checkpoint
+    lmforge serve                   OpenAI-compatible server + browser chat page
     lmforge eval                    bits per byte, multiple choice, math; lm-evaluation-harness
     lmforge run                     the whole pipeline as a cached stage graph
     lmforge report                  a run's report card: report.md + self-contained report.html
@@ -30,6 +31,7 @@ from lmforge.infer.cli import chat, generate
 from lmforge.model.cli import app as model_app
 from lmforge.report.cli import report_command
 from lmforge.run import run_command
+from lmforge.serve.cli import serve
 from lmforge.tokenizer.cli import app as tokenizer_app
 from lmforge.synth.cli import app as synth_app
 from lmforge.train.cli import distill, dpo, lora_merge, lora_train, pretrain, sft
@@ -65,6 +67,7 @@ app.command("distill", help="Distil a teacher into a student: whitebox (logits) 
 app.add_typer(synth_app, name="synth", help="Synthesize data: verifiable math, preference pairs, identity chats, model-written problems.")
 app.command("generate", help="Continue prompts with a checkpoint.")(generate)
 app.command("chat", help="Chat with a checkpoint in the terminal, through its chat template.")(chat)
+app.command("serve", help="Serve a checkpoint: OpenAI-compatible API (continuous batching) and a browser chat page.")(serve)
 app.command("eval", help="Evaluate a checkpoint: bits per byte, multiple choice (C-Eval/CMMLU/MMLU), math; lm-eval tasks.")(eval_command)
 app.command("run", help="Run a recipe's whole pipeline as a cached stage graph (the demo).")(run_command)
 app.command("report", help="Write a run's report card: report.md and one self-contained report.html.")(report_command)

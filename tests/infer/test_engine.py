@@ -14,7 +14,7 @@ PROMPTS = ["Hello world", "The quick brown fox jumps", "你好", "def add(a, b):
 
 @pytest.fixture(scope="module")
 def dense_engine(dense_ckpt) -> Engine:
-    return Engine.from_checkpoint(dense_ckpt, device="cpu")
+    return Engine.from_checkpoint(dense_ckpt, device="cpu", dtype="float32")
 
 
 def _hf_greedy(ckpt, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
@@ -39,7 +39,7 @@ def _naive_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int
 @pytest.mark.parametrize("kind", ["dense", "moe"])
 def test_greedy_matches_transformers_generate_alone_and_batched(kind, request):
     ckpt = request.getfixturevalue(f"{kind}_ckpt")
-    engine = Engine.from_checkpoint(ckpt, device="cpu")
+    engine = Engine.from_checkpoint(ckpt, device="cpu", dtype="float32")  # HF below runs fp32; auto is bf16 on AMX CPUs
     prompts = [engine.encode(p) for p in PROMPTS]
     assert len({len(p) for p in prompts}) > 1  # rows really are padded
     expected = [_hf_greedy(ckpt, p, GREEDY.max_new_tokens) for p in prompts]

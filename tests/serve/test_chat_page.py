@@ -1,0 +1,129 @@
+"""The browser chat page in headless Chromium (Debian's ``chromium``, driven by Playwright): a typed
+message gets a streamed reply, the history goes back with the next turn, the settings reach the
+request, the stop button cancels the generation on the server. Screenshots are saved as test
+artefacts in ``test-artifacts/`` (or ``$LMFORGE_TEST_ARTIFACTS``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = os.environ.get("LMFORGE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(os.environ.get("LMFORGE_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run", "--disable-quic"]
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian: apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    with sync_api.sync_playwright() as p:
+        # A persistent context with a fresh profile directory: nothing of the machine's own profile.
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True, args=FLAGS,
+            viewport={"width": 1100, "height": 760},
+        )
+        yield context
+        context.close()
+
+
+def _open(browser, server):
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    requests = []
+
+    def capture(route, request):
+        body = json.loads(request.post_data)
+        requests.append(body)
+        body["ignore_eos"] = True  # replies run to max_tokens, so the stop button has time to act
+        route.continue_(post_data=json.dumps(body))
+
+    page.route("**/v1/chat/completions", capture)
+    page.goto(server + "/")
+    page.wait_for_function("document.getElementById('model-name').textContent.startsWith('tiny')", timeout=15000)
+    return page, requests, errors
+
+
+def test_typed_message_gets_a_streamed_reply_and_history_carries_over(browser, server):
+    page, requests, errors = _open(browser, server)
+    page.fill("#system", "Be brief.")
+    page.fill("#max-tokens", "12")
+    page.eval_on_selector("#temperature", "el => { el.value = '0'; el.dispatchEvent(new Event('input')); }")
+    page.fill("[data-testid=input]", "Hello, 你好!")
+    page.click("[data-testid=send]")
+    reply = page.locator(".message.assistant").nth(0)
+    page.wait_for_selector(".message.assistant[data-finish]", timeout=30000)
+    text = reply.locator(".content").inner_text()
+    assert text.strip(), "the reply is empty"
+    assert int(reply.get_attribute("data-chunks")) > 1  # it arrived in pieces, as streamed
+    assert reply.get_attribute("data-finish") == "length"
+    first = requests[0]
+    assert first["stream"] is True and first["max_tokens"] == 12 and first["temperature"] == 0
+    assert first["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello, 你好!"}]
+
+    page.fill("[data-testid=input]", "Again")
+    page.locator("[data-testid=input]").press("Enter")  # Enter sends
+    page.wait_for_function("document.querySelectorAll('.message.assistant[data-finish]').length === 2", timeout=30000)
+    second = requests[1]["messages"]
+    assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
+    assert second[2]["content"] == text  # the first reply, exactly as shown
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat_page.png"), full_page=True)
+    assert not errors, errors
+    page.close()
+
+
+def test_a_conversation_that_outgrows_the_context_forgets_its_oldest_exchange(browser, server):
+    page, requests, errors = _open(browser, server)
+    page.fill("#system", "")  # settings persist in the browser's storage: clear the last test's
+    page.fill("#max-tokens", "60")  # two exchanges no longer fit the 128-token context
+    for i, text in enumerate(["Hi", "Go on"], start=1):
+        page.fill("[data-testid=input]", text)
+        page.click("[data-testid=send]")
+        page.wait_for_function(f"document.querySelectorAll('.message.assistant[data-finish]').length === {i}", timeout=30000)
+    assert [len(r["messages"]) for r in requests] == [1, 3, 1]  # refused with the history, answered without it
+    assert requests[2]["messages"] == [{"role": "user", "content": "Go on"}]
+    assert page.locator(".message.dropped").count() == 2
+    assert page.locator(".message.error").count() == 0
+    assert not errors, errors
+    page.close()
+
+
+def test_stop_button_ends_the_reply_and_cancels_on_the_server(browser, server):
+    from test_server_api import _wait_until, health
+
+    cancelled = health(server)["cancelled"]
+    page, _requests, errors = _open(browser, server)
+    page.fill("#max-tokens", "90")
+    page.fill("[data-testid=input]", "Go")
+    page.click("[data-testid=send]")
+    page.wait_for_function("Number(document.querySelector('.message.assistant')?.dataset.chunks) >= 2", timeout=30000)
+    page.click("[data-testid=stop]")
+    page.wait_for_selector(".message.assistant[data-finish=stopped]", timeout=15000)
+    assert "(stopped)" in page.locator(".message.assistant").inner_text()
+    assert page.is_enabled("[data-testid=send]") and not page.is_enabled("[data-testid=stop]")
+    assert _wait_until(lambda: health(server)["cancelled"] == cancelled + 1), health(server)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat_page_stopped.png"), full_page=True)
+    assert not errors, errors
+    page.close()
+
+
+def test_errors_from_the_server_are_shown(browser, server):
+    page, _requests, errors = _open(browser, server)
+    page.fill("#max-tokens", "5000")  # beyond the 128-token context: the server answers 400
+    page.fill("[data-testid=input]", "hi")
+    page.click("[data-testid=send]")
+    page.wait_for_selector(".message.error", timeout=15000)
+    assert "maximum context length" in page.locator(".message.error").inner_text()
+    assert page.locator(".message.assistant").count() == 0
+    assert not errors, errors
+    page.close()
