@@ -11,6 +11,7 @@
     lmforge synth                   synthetic data: math, preference pairs, identity, templates
     lmforge generate / chat         text from a checkpoint
     lmforge serve                   OpenAI-compatible server + browser chat page
+    lmforge export / import         HF directories and GGUF files out, HF models in
     lmforge eval                    bits per byte, multiple choice, math; lm-evaluation-harness
     lmforge run                     the whole pipeline as a cached stage graph
     lmforge report                  a run's report card: report.md + self-contained report.html
@@ -27,6 +28,7 @@ from lmforge import __version__
 from lmforge.cli_common import run_app
 from lmforge.data.cli import app as data_app
 from lmforge.eval.cli import eval_command
+from lmforge.export.cli import export_command, import_command
 from lmforge.infer.cli import chat, generate
 from lmforge.model.cli import app as model_app
 from lmforge.report.cli import report_command
@@ -68,6 +70,8 @@ app.add_typer(synth_app, name="synth", help="Synthesize data: verifiable math, p
 app.command("generate", help="Continue prompts with a checkpoint.")(generate)
 app.command("chat", help="Chat with a checkpoint in the terminal, through its chat template.")(chat)
 app.command("serve", help="Serve a checkpoint: OpenAI-compatible API (continuous batching) and a browser chat page.")(serve)
+app.command("export", help="Export a checkpoint: a Hugging Face directory (transformers, vLLM) or a GGUF file (llama.cpp, Ollama).")(export_command)
+app.command("import", help="Import a Hugging Face Llama/Qwen2/Qwen3/Qwen3-MoE model as an lmforge checkpoint (logits checked).")(import_command)
 app.command("eval", help="Evaluate a checkpoint: bits per byte, multiple choice (C-Eval/CMMLU/MMLU), math; lm-eval tasks.")(eval_command)
 app.command("run", help="Run a recipe's whole pipeline as a cached stage graph (the demo).")(run_command)
 app.command("report", help="Write a run's report card: report.md and one self-contained report.html.")(report_command)
