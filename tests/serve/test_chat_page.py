@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from serve_helpers import health, wait_until
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -20,6 +21,25 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-sync", "--no-first-run", "--disable-quic"]
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian: apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def engine(dense_ckpt):
+    """The tiny model, slowed to ~100 tokens/s so that a click on Stop lands mid-reply whatever
+    the machine's speed (the real model decodes a 90-token reply in a fraction of a second)."""
+    import time
+
+    from lmforge.infer import Engine
+
+    engine = Engine.from_checkpoint(dense_ckpt, device="cpu", dtype="float32", overflow="error")
+    fast = engine.model_logits
+
+    def slow(*args, **kwargs):
+        time.sleep(0.01)
+        return fast(*args, **kwargs)
+
+    engine.model_logits = slow
+    return engine
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +118,6 @@ def test_a_conversation_that_outgrows_the_context_forgets_its_oldest_exchange(br
 
 
 def test_stop_button_ends_the_reply_and_cancels_on_the_server(browser, server):
-    from test_server_api import _wait_until, health
-
     cancelled = health(server)["cancelled"]
     page, _requests, errors = _open(browser, server)
     page.fill("#max-tokens", "90")
@@ -110,7 +128,7 @@ def test_stop_button_ends_the_reply_and_cancels_on_the_server(browser, server):
     page.wait_for_selector(".message.assistant[data-finish=stopped]", timeout=15000)
     assert "(stopped)" in page.locator(".message.assistant").inner_text()
     assert page.is_enabled("[data-testid=send]") and not page.is_enabled("[data-testid=stop]")
-    assert _wait_until(lambda: health(server)["cancelled"] == cancelled + 1), health(server)
+    assert wait_until(lambda: health(server)["cancelled"] == cancelled + 1), health(server)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "chat_page_stopped.png"), full_page=True)
     assert not errors, errors
@@ -118,12 +136,19 @@ def test_stop_button_ends_the_reply_and_cancels_on_the_server(browser, server):
 
 
 def test_errors_from_the_server_are_shown(browser, server):
-    page, _requests, errors = _open(browser, server)
-    page.fill("#max-tokens", "5000")  # beyond the 128-token context: the server answers 400
-    page.fill("[data-testid=input]", "hi")
+    page, requests, errors = _open(browser, server)
+    page.fill("#system", "")
+    page.fill("#max-tokens", "120")  # fits the 128-token context alone, not with this message
+    page.fill("[data-testid=input]", "hello " * 12)
     page.click("[data-testid=send]")
     page.wait_for_selector(".message.error", timeout=15000)
     assert "maximum context length" in page.locator(".message.error").inner_text()
-    assert page.locator(".message.assistant").count() == 0
+    assert page.locator(".message.assistant").count() == 0 and len(requests) == 1
+    page.fill("#max-tokens", "5000")  # beyond the context whatever the message: refused before sending
+    page.fill("[data-testid=input]", "hi")
+    page.click("[data-testid=send]")
+    page.wait_for_function("document.querySelectorAll('.message.error').length === 2", timeout=15000)
+    assert "below the model's context of 128" in page.locator(".message.error").nth(1).inner_text()
+    assert len(requests) == 1
     assert not errors, errors
     page.close()

@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import pytest
+from serve_helpers import health
 
 openai = pytest.importorskip("openai")
 
@@ -41,8 +42,6 @@ def test_32_clients_by_10_requests_without_errors(server, show):
             return await asyncio.wait_for(asyncio.gather(*(_client_session(client, w) for w in range(CLIENTS))), timeout=300)
         finally:
             await client.close()
-
-    from test_server_api import health
 
     before = health(server)
     start = time.perf_counter()

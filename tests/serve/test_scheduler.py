@@ -132,6 +132,33 @@ def test_a_failing_forward_fails_its_requests_and_the_scheduler_keeps_serving(en
     assert scheduler.stats()["failed"] == 1
 
 
+def test_a_failing_prefill_fails_only_the_requests_it_admitted(engine, scheduler_for, monkeypatch):
+    scheduler = scheduler_for(engine)
+    original = engine.model_logits
+    broken = {"on": False}
+
+    def flaky(*args, **kwargs):
+        if broken["on"] and "logits_mask" in kwargs:  # prefills pass logits_mask, decode steps do not
+            broken["on"] = False
+            raise RuntimeError("simulated prefill failure")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "model_logits", flaky)
+    cfg = SamplingConfig(max_new_tokens=60, temperature=0, ignore_eos=True)
+    expected = engine.generate([engine.encode("Hello")], cfg)[0].token_ids
+    events = []
+    running = scheduler.submit(engine.encode("Hello"), cfg, events.append)
+    while len(events) < 5:
+        time.sleep(0.001)
+    broken["on"] = True
+    with pytest.raises(RuntimeError, match="simulated prefill failure"):
+        scheduler.generate(engine.encode("Once"), SamplingConfig(max_new_tokens=4), timeout=60)
+    while running.state.finish_reason is None:
+        time.sleep(0.005)
+    assert running.state.token_ids == expected and not any(isinstance(e, Exception) for e in events)
+    assert scheduler.stats()["failed"] == 1
+
+
 def test_prompts_that_cannot_fit_are_refused_at_submit(engine, scheduler_for):
     scheduler = scheduler_for(engine)
     with pytest.raises(ValueError, match="context"):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import time
 from urllib.parse import urlparse
 
 import pytest
+from serve_helpers import health, raw, running_server, wait_until
 
 from lmforge.infer import SamplingConfig
 
@@ -18,24 +18,6 @@ openai = pytest.importorskip("openai")
 
 def _client(url: str, key: str = "none"):
     return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
-
-
-def raw(url: str, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None):
-    """(status, parsed JSON or text) of one plain HTTP request."""
-    u = urlparse(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-    conn.request(method, path, body=body, headers=headers or {"Content-Type": "application/json"})
-    response = conn.getresponse()
-    data = response.read().decode()
-    conn.close()
-    try:
-        return response.status, json.loads(data)
-    except json.JSONDecodeError:
-        return response.status, data
-
-
-def health(url: str) -> dict:
-    return raw(url, "GET", "/health")[1]
 
 
 def test_models_lists_the_served_model(server):
@@ -139,6 +121,12 @@ BAD_REQUESTS = [
     ({"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400, None, "image_url"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "logprobs": True}, 400, "logprobs", "not supported"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "presence_penalty": 0.5}, 400, "presence_penalty", "not supported"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "seed": 2**64}, 400, "seed", "less than"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}, 400, "response_format", "not supported"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 400, "tools", "not supported"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 10}}, 400, "logit_bias", "not supported"),
+    ("[" * 100_000, 400, None, "not valid JSON"),
+    ('{"model": "tiny", "max_tokens": 1' + "0" * 5000 + "}", 400, None, "not valid JSON"),
 ]
 
 
@@ -166,6 +154,19 @@ def test_bad_completion_requests_get_4xx(server, body, words):
     assert status == 400 and words in got["error"]["message"]
 
 
+def test_edge_values_that_are_valid_are_served(server):
+    """Explicit nulls mean defaults; extreme but legal values are clamped, not fatal to the batch."""
+    client = _client(server)
+    base = dict(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    for extra in [dict(n=None, stream=None, presence_penalty=None, top_k=None), dict(temperature=1e-38), dict(top_k=2**31),
+                  dict(seed=2**63 - 2, n=2), dict(seed=-5), dict(response_format={"type": "text"}, tool_choice="none")]:
+        status, body = raw(server, "POST", "/v1/chat/completions", json.dumps({**base, **extra}))
+        assert status == 200, (extra, body)
+        assert all(c["finish_reason"] in ("stop", "length") for c in body["choices"])
+    assert client.chat.completions.create(**base).choices  # the server is fine afterwards
+    assert health(server)["failed"] == 0
+
+
 def test_the_server_survives_bad_requests_and_http_oddities(server):
     for path, method in [("/v1/nothing", "GET"), ("/v1/models", "POST"), ("/v1/chat/completions", "GET")]:
         status, body = raw(server, method, path)
@@ -183,36 +184,25 @@ def test_the_server_survives_bad_requests_and_http_oddities(server):
     assert health(server)["status"] == "ok"
 
 
-def _wait_until(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @pytest.mark.parametrize("stream", [True, False])
 def test_a_client_that_disconnects_cancels_its_generation(server, stream):
-    before = health(server)["cancelled"]
+    before = health(server)
     u = urlparse(server)
     body = json.dumps({"model": "tiny", "prompt": "Once", "max_tokens": 120, "stream": stream, "ignore_eos": True, "temperature": 0})
     s = socket.create_connection((u.hostname, u.port))
     s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
-    assert _wait_until(lambda: health(server)["active"] >= 1 or health(server)["generated_tokens"] > 0)
+    assert wait_until(lambda: health(server)["submitted"] > before["submitted"])  # the server took it on
     if stream:  # tokens are flowing
         received = b""
         while b"data:" not in received:
             received += s.recv(4096)
     s.close()
-    assert _wait_until(lambda: health(server)["cancelled"] == before + 1), health(server)
-    assert _wait_until(lambda: health(server)["active"] == 0)
+    assert wait_until(lambda: health(server)["cancelled"] == before["cancelled"] + 1), health(server)
+    assert wait_until(lambda: health(server)["active"] == 0)
 
 
 def test_api_key_is_required_when_set(engine):
     from lmforge.serve.app import create_app
-
-    from conftest import running_server
 
     with running_server(create_app(engine, "tiny", api_key="sk-test")) as url:
         with pytest.raises(openai.AuthenticationError):

@@ -19,7 +19,8 @@ Written with the ``gguf`` package's ``GGUFWriter``; what goes in, and why:
   pre-tokenizer is refused rather than exported to tokenize differently. Rows of a vocabulary
   padded beyond the tokenizer get ``[PAD{id}]`` placeholders. bos/eos/pad ids, ``<|im_end|>``
   as end of turn, and the chat template are included, so ``llama-cli -cnv`` and Ollama chat
-  with the checkpoint's own template.
+  with the checkpoint's own template. A normalizer other than none or NFC is refused too
+  (llama.cpp applies none; NFC, lmforge's and Qwen2's, changes only non-NFC input).
 
 Usage::
 
@@ -113,6 +114,11 @@ def _vocabulary(checkpoint: Path, vocab_size: int):
     if model.get("type") != "BPE":
         raise ValueError(f"{path}: a {model.get('type')} tokenizer; GGUF export supports byte-level BPE")
     pre = _pre_tokenizer(data, path)
+    normalizer = data.get("normalizer")
+    if normalizer is not None and normalizer.get("type") != "NFC":
+        # llama.cpp applies no normalizer; NFC (lmforge's, Qwen2's) only matters for text that is
+        # not NFC already, anything else would change how ordinary text tokenizes.
+        raise ValueError(f"{path}: normalizer {json.dumps(normalizer)[:120]} has no llama.cpp equivalent (only none or NFC export)")
     by_id: dict[int, tuple[str, int]] = {i: (tok, gguf.TokenType.NORMAL) for tok, i in model["vocab"].items()}
     for added in data.get("added_tokens") or []:
         by_id[added["id"]] = (added["content"], gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED)
@@ -268,8 +274,8 @@ def ollama_modelfile(gguf_name: str, has_chat_template: bool = True) -> str:
     lines = [f"FROM ./{gguf_name}"]
     if has_chat_template:
         lines += [
-            'TEMPLATE """{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}'
-            '{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"""',
+            # .Messages already holds the system message: rendering .System too would repeat it.
+            'TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"""',
             'PARAMETER stop "<|im_end|>"',
             'PARAMETER stop "<|endoftext|>"',
         ]

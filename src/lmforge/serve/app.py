@@ -41,6 +41,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
 from lmforge.infer.engine import Engine, StepEvent
@@ -102,10 +103,6 @@ def create_app(
 
     app = FastAPI(title="lmforge", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.scheduler, app.state.engine, app.state.model_name = scheduler, engine, model_name
-    if cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"])
     _install_error_handlers(app)
     created = int(time.time())
 
@@ -118,6 +115,11 @@ def create_app(
                 message = "missing API key: send 'Authorization: Bearer <key>'" if not header else "incorrect API key"
                 return JSONResponse(p.error_body(message, code="invalid_api_key"), status_code=401)
         return await call_next(request)
+
+    if cors_origins:  # added last, so outermost: a 401 from the key check carries CORS headers too
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"])
 
     def model_card() -> dict[str, Any]:
         return {"id": model_name, "object": "model", "created": created, "owned_by": "lmforge", "max_model_len": engine.max_context}
@@ -149,7 +151,8 @@ def create_app(
             raise p.APIError(400, f"the chat template could not render these messages: {exc}", param="messages") from None
         prepared = _prepare(engine, body, [ids] * body.n, body.reply_budget, param="messages")
         if body.stream:
-            return _sse(_chat_stream(scheduler, prepared, body, model_name))
+            events, requests = _submit(scheduler, prepared)
+            return _sse(_chat_stream(events, requests, prepared, body, model_name), requests)
         return await _complete(scheduler, prepared, request, lambda results: _chat_response(results, prepared, model_name))
 
     @app.post("/v1/completions")
@@ -162,7 +165,8 @@ def create_app(
         prepared = _prepare(engine, body, per_choice, body.max_tokens, param="prompt")
         echo = [engine.tokenizer.decode(ids) if body.echo else "" for ids in per_choice]
         if body.stream:
-            return _sse(_completion_stream(scheduler, prepared, body, model_name, echo))
+            events, requests = _submit(scheduler, prepared)
+            return _sse(_completion_stream(events, requests, prepared, body, model_name, echo), requests)
         return await _complete(scheduler, prepared, request, lambda results: _completion_response(results, prepared, model_name, echo))
 
     if STATIC_DIR.is_dir():
@@ -187,9 +191,10 @@ async def _parse(request: Request, model: type[BaseModel]):
         raise p.APIError(400, "the client disconnected before sending the whole request", code="client_disconnected") from None
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, absurd nesting or number sizes
         where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else \
+            "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise p.APIError(400, f"the request body is not valid JSON: {reason}{where}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise p.APIError(400, f"the request body must be a JSON object, not {type(data).__name__}", code="invalid_json")
@@ -242,11 +247,13 @@ def _prepare(engine: Engine, body: p._Sampling, prompts: list[list[int]], max_to
             raise p.APIError(400, f"this model's maximum context length is {context} tokens; however, you requested {asked}. "
                              f"Shorten the {param} or lower max_tokens.", param=param, code="context_length_exceeded")
         seed = body.seed + choice if body.seed is not None else None  # n choices must differ
+        temperature = 1.0 if body.temperature is None else body.temperature
         samplings.append(SamplingConfig(
             max_new_tokens=budget,
-            temperature=1.0 if body.temperature is None else body.temperature,
+            # Below 1e-5 the scaled logits overflow; the distribution is greedy anyway (as vLLM).
+            temperature=0.0 if temperature < 1e-5 else temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
-            top_k=max(body.top_k, 0),
+            top_k=min(max(body.top_k, 0), engine.model.config.vocab_size),
             repetition_penalty=body.repetition_penalty,
             stop=body.stop_list(),
             seed=seed,
@@ -256,15 +263,18 @@ def _prepare(engine: Engine, body: p._Sampling, prompts: list[list[int]], max_to
 
 
 def _submit(scheduler: Scheduler, prepared: _Prepared) -> tuple[_Events, list]:
+    """Queue every choice; before any response is sent, so a refusal is still a clean error."""
     events = _Events(asyncio.get_running_loop())
     requests = []
     try:
         for choice, (ids, sampling) in enumerate(zip(prepared.prompts, prepared.samplings)):
             requests.append(scheduler.submit(ids, sampling, events.callback(choice)))
-    except Exception:
+    except Exception as exc:
         for request in requests:
             request.cancel()
-        raise
+        if isinstance(exc, ValueError):
+            raise p.APIError(400, str(exc)) from None
+        raise p.APIError(503, f"the server cannot take requests now: {exc}", type="server_error") from None
     return events, requests
 
 
@@ -323,40 +333,46 @@ def _server_error(exc: Exception) -> JSONResponse:
 # ---- streaming ------------------------------------------------------------------------------
 
 
-def _sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
-    async def body():
-        async for chunk in chunks:
-            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-        yield "data: [DONE]\n\n"
+def _sse(chunks: AsyncIterator[dict], requests: list) -> StreamingResponse:
+    """Server-sent events of ``chunks``, then ``[DONE]``. However the response ends — finished,
+    client gone while we wait for a token or while a write is blocked — the requests are
+    cancelled: in the generator's ``finally`` and, as a backstop, in a background task."""
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-async def _events(scheduler: Scheduler, prepared: _Prepared):
-    """(choice, event) pairs until every choice finished; cancels all on exit (disconnects too)."""
-    events, requests = _submit(scheduler, prepared)
-    pending = len(requests)
-    try:
-        while pending:
-            choice, event = await events.queue.get()
-            if isinstance(event, Exception):
-                yield choice, event, requests
-                return
-            if event.finish_reason is not None:
-                pending -= 1
-            yield choice, event, requests
-    finally:
+    def cancel_all():
         for request in requests:
-            request.cancel()
+            request.cancel()  # no-op for finished ones
+
+    async def body():
+        try:
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            cancel_all()
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                             background=BackgroundTask(cancel_all))
 
 
-async def _chat_stream(scheduler: Scheduler, prepared: _Prepared, body: p.ChatCompletionRequest, model: str):
+async def _events(events: _Events, count: int):
+    """(choice, event) pairs until every choice finished, or until the first error."""
+    pending = count
+    while pending:
+        choice, event = await events.queue.get()
+        yield choice, event
+        if isinstance(event, Exception):
+            return
+        if event.finish_reason is not None:
+            pending -= 1
+
+
+async def _chat_stream(events: _Events, requests: list, prepared: _Prepared, body: p.ChatCompletionRequest, model: str):
     id_, created = p.new_id("chatcmpl"), int(time.time())
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    requests = []
     for choice in range(len(prepared.prompts)):
         yield p.chat_chunk(id_, model, created, [{"index": choice, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
-    async for choice, event, requests in _events(scheduler, prepared):
+    async for choice, event in _events(events, len(requests)):
         if isinstance(event, Exception):
             yield _server_error_chunk(event)
             return
@@ -368,14 +384,14 @@ async def _chat_stream(scheduler: Scheduler, prepared: _Prepared, body: p.ChatCo
         yield p.chat_chunk(id_, model, created, [], p.usage(prepared.prompt_tokens, sum(r.completion_tokens for r in requests)))
 
 
-async def _completion_stream(scheduler: Scheduler, prepared: _Prepared, body: p.CompletionRequest, model: str, echo: list[str]):
+async def _completion_stream(events: _Events, requests: list, prepared: _Prepared, body: p.CompletionRequest, model: str,
+                             echo: list[str]):
     id_, created = p.new_id("cmpl"), int(time.time())
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     for choice, text in enumerate(echo):
         if text:
             yield p.text_completion(id_, model, created, [{"index": choice, "text": text, "logprobs": None, "finish_reason": None}])
-    requests = []
-    async for choice, event, requests in _events(scheduler, prepared):
+    async for choice, event in _events(events, len(requests)):
         if isinstance(event, Exception):
             yield _server_error_chunk(event)
             return

@@ -38,6 +38,15 @@ def error_body(message: str, type: str = "invalid_request_error", param: str | N
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data):
+        # OpenAI's API treats an explicit null as "not given"; clients that serialize every field
+        # (proxies, some UIs) send {"n": null, "stream": null, ...}.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields or cls.model_fields[k].default is None}
+        return data
+
 
 class TextPart(_Strict):
     type: Literal["text"]
@@ -83,14 +92,14 @@ class _Sampling(_Strict):
     top_p: Optional[float] = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=16)
     stop: Union[str, list[str], None] = None
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(None, ge=-(2**63), lt=2**63)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     user: Optional[str] = None
     # vLLM-style extensions.
-    top_k: int = Field(0, ge=-1)  # 0 or -1: off
+    top_k: int = Field(0, ge=-1, le=2**31)  # 0 or -1: off
     repetition_penalty: float = Field(1.0, gt=0, le=10)
     ignore_eos: bool = False
 
@@ -106,12 +115,24 @@ class _Sampling(_Strict):
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
+    logit_bias: Optional[dict[str, Any]] = None
+    response_format: Optional[dict[str, Any]] = None
+    tools: Optional[list[Any]] = None
+    tool_choice: Union[str, dict[str, Any], None] = None
+
     def refuse_unsupported(self) -> None:
         """Settings lmforge would otherwise silently ignore, changing what the caller gets."""
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(self, name) != 0:
                 raise APIError(400, f"{name} is not supported; use repetition_penalty (> 1 discourages repeats)", param=name,
                                code="unsupported_parameter")
+        if self.logit_bias:
+            raise APIError(400, "logit_bias is not supported", param="logit_bias", code="unsupported_parameter")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise APIError(400, f"response_format {self.response_format.get('type')!r} is not supported (only text)",
+                           param="response_format", code="unsupported_parameter")
+        if self.tools or self.tool_choice not in (None, "none", "auto"):
+            raise APIError(400, "tools (function calling) are not supported", param="tools", code="unsupported_parameter")
 
 
 class ChatCompletionRequest(_Sampling):

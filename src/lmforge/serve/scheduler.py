@@ -90,12 +90,11 @@ class SlotKVCache(KVCache):
             return
         slots, capacity = max(slots, self.slots), max(capacity, self.max_len)
         shape = (self.k.shape[0], slots, self.k.shape[2], capacity, self.k.shape[4])
-        for name in ("k", "v"):
-            old = getattr(self, name)
-            new = torch.zeros(shape, dtype=old.dtype, device=old.device)
-            new[:, : old.shape[1], :, : old.shape[3]] = old
-            setattr(self, name, new)
-        self.max_len = capacity
+        # Both allocated before either is replaced: running out of memory leaves the cache as it was.
+        k, v = (torch.zeros(shape, dtype=self.k.dtype, device=self.k.device) for _ in range(2))
+        k[:, : self.k.shape[1], :, : self.k.shape[3]] = self.k
+        v[:, : self.v.shape[1], :, : self.v.shape[3]] = self.v
+        self.k, self.v, self.max_len = k, v, capacity
 
     def copy_row(self, src: "KVCache", src_row: int, dst_row: int, length: int) -> None:
         self.k[:, dst_row, :, :length] = src.k[:, src_row, :, :length]
@@ -170,7 +169,8 @@ class Scheduler:
     def submit(self, prompt_ids: Sequence[int], sampling: SamplingConfig, on_event: EventCallback) -> Request:
         """Queue a request (any thread). Raises ``ValueError`` for a prompt that cannot run."""
         state = self.engine.new_request(0, prompt_ids, sampling)
-        request = Request(next(self._ids), state, on_event)
+        # Built here, so an unusable seed is the caller's error, not a failed batch.
+        request = Request(next(self._ids), state, on_event, generator=make_generator(sampling.seed, self.engine.device))
         with self._cond:
             if self._stopping or self._thread is None:
                 raise RuntimeError("the scheduler is not running")
@@ -215,45 +215,52 @@ class Scheduler:
                     if self._stopping:
                         break
                     admitted = self._take_admissions()
-                try:
-                    self._release_cancelled()
-                    if admitted:
+                # A failed forward must not kill the server; a failed prefill fails only the
+                # requests it was admitting (the decoding ones' cache rows are untouched).
+                self._release_cancelled()
+                if admitted:
+                    active_before = len(self._active)
+                    try:
                         self._prefill(admitted)
-                    if self._active:
+                    except Exception as exc:
+                        del self._active[active_before:]
+                        self._fail([r for r in admitted], exc, "prefill")
+                if self._active:
+                    try:
                         self._decode_step()
-                except Exception as exc:  # a failed forward must not kill the server
-                    self._fail_in_flight(admitted, exc)
-            self._fail_in_flight([], RuntimeError("the server is shutting down"))
+                    except Exception as exc:
+                        self._fail(self._active, exc, "decode step")
+                        self._active, self._cache, self._seen = [], None, None  # rebuilt on the next admission
+            with self._cond:
+                waiting, self._waiting = list(self._waiting), deque()
+            self._fail([*self._active, *waiting], RuntimeError("the server is shutting down"), None)
+            self._active = []
 
-    def _fail_in_flight(self, admitted: list[Request], exc: Exception) -> None:
-        """Every unfinished request (active, just admitted, and on shutdown waiting) gets ``exc``."""
-        with self._cond:
-            waiting = list(self._waiting) if self._stopping else []
-            if self._stopping:
-                self._waiting.clear()
-        in_flight = {id(r): r for r in [*self._active, *admitted, *waiting] if not r.state.finished and not r.cancelled}
-        if in_flight and not self._stopping:
-            logger.error("generation step failed (%s: %s); failing the %d requests in flight", type(exc).__name__, exc, len(in_flight),
-                         exc_info=exc)
-        for request in in_flight.values():
+    def _fail(self, requests: list[Request], exc: Exception, what: str | None) -> None:
+        """Hand ``exc`` to every unfinished request of ``requests``."""
+        failing = [r for r in requests if not r.state.finished and not r.cancelled]
+        if failing and what:
+            logger.error("%s failed (%s: %s); failing its %d requests", what, type(exc).__name__, exc, len(failing), exc_info=exc)
+        for request in failing:
             self._deliver(request, exc)
         with self._cond:
-            self.counters["failed"] += len(in_flight)
-        self._active, self._params = [], None
+            self.counters["failed"] += len(failing)
+        self._params = None
 
     def _take_admissions(self) -> list[Request]:
         """Pop waiting requests that fit (called with the lock held)."""
-        admitted, tokens = [], 0
+        admitted, longest = [], 0
         while self._waiting and len(self._active) + len(admitted) < self.max_batch_size:
             request = self._waiting[0]
             if request.cancelled:
                 self._waiting.popleft()
                 self.counters["cancelled"] += 1
                 continue
-            if admitted and tokens + request.prompt_tokens > self.max_prefill_tokens:
+            # The prefill batch is right-padded: its cost is rows × the longest prompt.
+            if admitted and (len(admitted) + 1) * max(longest, request.prompt_tokens) > self.max_prefill_tokens:
                 break
             admitted.append(self._waiting.popleft())
-            tokens += request.prompt_tokens
+            longest = max(longest, request.prompt_tokens)
         return admitted
 
     def _deliver(self, request: Request, event: StepEvent | Exception) -> None:
@@ -308,8 +315,6 @@ class Scheduler:
 
         base = len(self._active)
         cache = self._ensure_cache(base + len(admitted), max(r.prompt_tokens + r.state.sampling.max_new_tokens for r in [*self._active, *admitted]))
-        for row, request in enumerate(admitted):  # provisional rows base+i, for the penalty mask
-            request.generator = make_generator(request.state.sampling.seed, device)
         seen = self._penalty_rows(slice(base, base + len(admitted)), admitted, logits.shape[-1])
         if seen is not None:
             seen.zero_()

@@ -4,7 +4,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, history: [], controller: null };
+// `conversation` counts "New chat" clicks: a reply still arriving for an older conversation
+// must not land in the new one's history.
+const state = { model: null, contextLength: null, history: [], controller: null, conversation: 0 };
 const settings = ["system", "temperature", "max-tokens", "api-key"];
 
 function headers() {
@@ -45,6 +47,7 @@ async function loadModel() {
     const body = await response.json();
     if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
     state.model = body.data[0].id;
+    state.contextLength = body.data[0].max_model_len || null;
     $("model-name").textContent = state.model + " · context " + body.data[0].max_model_len;
     setStatus("ready");
   } catch (err) {
@@ -85,12 +88,18 @@ async function readEvents(response, onData) {
 async function send(text) {
   if (!state.model) await loadModel();
   if (!state.model) return;
+  const maxTokens = parseInt($("max-tokens").value, 10);
+  if (state.contextLength && maxTokens >= state.contextLength) {
+    addMessage("error", "max tokens (" + maxTokens + ") must be below the model's context of " + state.contextLength + " tokens");
+    return;
+  }
   addMessage("user", text);
   return ask(text);
 }
 
 // Sends the history plus this question and streams the reply into a new bubble.
 async function ask(text) {
+  const conversation = state.conversation;
   state.history.push({ role: "user", content: text });
   const box = addMessage("assistant", "");
   box.classList.add("streaming");
@@ -137,6 +146,7 @@ async function ask(text) {
     note(box, (tokens !== null ? tokens + " tokens, " : "") + seconds.toFixed(1) + " s" + (finish === "length" ? " (max tokens reached)" : ""));
     setStatus("ready");
   } catch (err) {
+    if (conversation !== state.conversation) return;  // "New chat" was clicked meanwhile
     if (err.name === "AbortError") {
       finish = "stopped";
       note(box, "(stopped)");
@@ -162,6 +172,7 @@ async function ask(text) {
       return;
     }
   }
+  if (conversation !== state.conversation) return;
   box.classList.remove("streaming");
   box.dataset.finish = finish || "stop";
   state.history.push({ role: "assistant", content: reply });
@@ -184,7 +195,10 @@ $("input").addEventListener("keydown", (event) => {
 });
 $("stop").addEventListener("click", () => { if (state.controller) state.controller.abort(); });
 $("new-chat").addEventListener("click", () => {
+  state.conversation += 1;
   if (state.controller) state.controller.abort();
+  state.controller = null;
+  busy(false);
   state.history = [];
   $("messages").replaceChildren();
   setStatus("new chat");
