@@ -112,10 +112,43 @@ def test_tiny_demo_end_to_end(tmp_path):
     aligned = AutoModelForCausalLM.from_pretrained(summaries["dpo"]["checkpoint"])
     assert AutoTokenizer.from_pretrained(summaries["dpo"]["checkpoint"]).chat_template and aligned.config.vocab_size == model.config.vocab_size
 
+    _real_peers_accept_the_aligned_model(Path(summaries["dpo"]["checkpoint"]), tmp_path)
+
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     statuses = [s["status"] for s in json.loads((out / "run.json").read_text())["stages"]]
     assert statuses == ["cached"] * len(statuses)
+
+
+def _real_peers_accept_the_aligned_model(checkpoint: Path, tmp_path: Path) -> None:
+    """The trained chat model through other runtimes: llama.cpp (GGUF export, its embedded chat
+    template, stopping at <|im_end|>) and the lmforge server with the openai client give the
+    replies lmforge gives."""
+    from lmforge.export.gguf_file import export_gguf
+    from lmforge.infer import Engine, SamplingConfig
+
+    engine = Engine.from_checkpoint(checkpoint, device="cpu", dtype="float32", overflow="error")
+    chats = [[{"role": "user", "content": "Emma had 3 stickers and lost 2. How many stickers does Emma have now?"}],
+             [{"role": "system", "content": "You are lmforge."}, {"role": "user", "content": "你是谁？"}]]
+    want = [engine.chat(messages, SamplingConfig(max_new_tokens=48, temperature=0)) for messages in chats]
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(model_path=str(export_gguf(checkpoint, tmp_path / "demo.gguf", outtype="f16")), n_ctx=512, n_threads=2, verbose=False)
+    try:
+        got = [llm.create_chat_completion(messages=m, temperature=0.0, top_k=1, max_tokens=48, repeat_penalty=1.0)["choices"][0]["message"]["content"]
+               for m in chats]
+    finally:
+        llm.close()
+    assert got == want
+    openai = pytest.importorskip("openai")
+    sys.path.insert(0, str(REPO / "tests" / "serve"))
+    from serve_helpers import running_server
+
+    from lmforge.serve.app import create_app
+
+    with running_server(create_app(engine, "demo")) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        served = [client.chat.completions.create(model="demo", messages=m, max_tokens=48, temperature=0).choices[0].message.content for m in chats]
+    assert served == want
 
 
 def test_reporting_settings_stay_out_of_cache_keys():
