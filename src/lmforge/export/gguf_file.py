@@ -37,7 +37,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ARCHITECTURES = {
