@@ -72,6 +72,15 @@ def _open(browser, server):
     return page, requests, errors
 
 
+def _finish(page, errors, screenshot: str | None = None):
+    """Save the artefact, check the page raised no script errors, close it."""
+    if screenshot:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / screenshot), full_page=True)
+    page.close()
+    assert not errors, errors
+
+
 def test_typed_message_gets_a_streamed_reply_and_history_carries_over(browser, server):
     page, requests, errors = _open(browser, server)
     page.fill("#system", "Be brief.")
@@ -95,10 +104,7 @@ def test_typed_message_gets_a_streamed_reply_and_history_carries_over(browser, s
     second = requests[1]["messages"]
     assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
     assert second[2]["content"] == text  # the first reply, exactly as shown
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "chat_page.png"), full_page=True)
-    assert not errors, errors
-    page.close()
+    _finish(page, errors, "chat_page.png")
 
 
 def test_a_conversation_that_outgrows_the_context_forgets_its_oldest_exchange(browser, server):
@@ -113,8 +119,7 @@ def test_a_conversation_that_outgrows_the_context_forgets_its_oldest_exchange(br
     assert requests[2]["messages"] == [{"role": "user", "content": "Go on"}]
     assert page.locator(".message.dropped").count() == 2
     assert page.locator(".message.error").count() == 0
-    assert not errors, errors
-    page.close()
+    _finish(page, errors)
 
 
 def test_stop_button_ends_the_reply_and_cancels_on_the_server(browser, server):
@@ -129,10 +134,7 @@ def test_stop_button_ends_the_reply_and_cancels_on_the_server(browser, server):
     assert "(stopped)" in page.locator(".message.assistant").inner_text()
     assert page.is_enabled("[data-testid=send]") and not page.is_enabled("[data-testid=stop]")
     assert wait_until(lambda: health(server)["cancelled"] == cancelled + 1), health(server)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "chat_page_stopped.png"), full_page=True)
-    assert not errors, errors
-    page.close()
+    _finish(page, errors, "chat_page_stopped.png")
 
 
 def test_errors_from_the_server_are_shown(browser, server):
@@ -150,5 +152,4 @@ def test_errors_from_the_server_are_shown(browser, server):
     page.wait_for_function("document.querySelectorAll('.message.error').length === 2", timeout=15000)
     assert "below the model's context of 128" in page.locator(".message.error").nth(1).inner_text()
     assert len(requests) == 1
-    assert not errors, errors
-    page.close()
+    _finish(page, errors)

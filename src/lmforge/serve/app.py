@@ -102,7 +102,7 @@ def create_app(
             scheduler.stop()
 
     app = FastAPI(title="lmforge", lifespan=lifespan, docs_url="/docs", redoc_url=None)
-    app.state.scheduler, app.state.engine, app.state.model_name = scheduler, engine, model_name
+    app.state.scheduler = scheduler  # for embedding code that wants the counters or to drain it
     _install_error_handlers(app)
     created = int(time.time())
 
@@ -308,8 +308,10 @@ async def _complete(scheduler: Scheduler, prepared: _Prepared, http_request: Req
 
 async def _wait_for_disconnect(request: Request) -> None:
     # The body has been read, so the next ASGI message is the client going away.
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 def _chat_response(requests, prepared: _Prepared, model: str) -> dict:

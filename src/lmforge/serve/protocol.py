@@ -48,11 +48,6 @@ class _Strict(BaseModel):
         return data
 
 
-class TextPart(_Strict):
-    type: Literal["text"]
-    text: str
-
-
 class ContentPart(_Strict):
     """Any content part; only ``text`` parts can be served by a text-only model."""
 

@@ -69,7 +69,6 @@ class SlotKVCache(KVCache):
 
     def __init__(self, config, slots: int, capacity: int, dtype: torch.dtype, device) -> None:
         super().__init__(config, slots, capacity, dtype, device)
-        self.config = config
         self.write_pos: torch.Tensor | None = None
 
     @property
