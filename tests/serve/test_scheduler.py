@@ -116,15 +116,15 @@ def test_cancel_frees_the_slot_and_stops_generation(engine, scheduler_for):
 def test_a_failing_forward_fails_its_requests_and_the_scheduler_keeps_serving(engine, scheduler_for, monkeypatch):
     scheduler = scheduler_for(engine)
     calls = {"n": 0}
-    original = engine.model_logits
+    original = engine.decode_logits
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 2:
             raise RuntimeError("simulated device failure")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "model_logits", flaky)
+    monkeypatch.setattr(engine, "decode_logits", flaky)
     with pytest.raises(RuntimeError, match="simulated device failure"):
         scheduler.generate(engine.encode("Hello"), SamplingConfig(max_new_tokens=10, ignore_eos=True), timeout=60)
     ok = scheduler.generate(engine.encode("Hello"), SamplingConfig(max_new_tokens=4, ignore_eos=True), timeout=60)

@@ -3,7 +3,9 @@
 One ``Engine(model, tokenizer)`` does all decoding for lmforge:
 
 - **prefill once, then one token per step** through the model's preallocated KV cache; the
-  prefill asks the model for the last position's logits only;
+  prefill asks the model for the last position's logits only, and each step runs through
+  ``lmforge.model.decode.DecodePlan`` (the forward for one token, bitwise the same, without the
+  per-module Python that costs as much as the matrix products in a small model);
 - **batches of prompts of different lengths**: prompts are left-padded, each row keeps its own
   RoPE positions (explicit ``position_ids``) and a key mask hides the padding, so every row
   computes what it would compute alone; rows that finish leave the batch (the KV cache, masks
@@ -49,6 +51,8 @@ from typing import Any, Iterator, Literal, Sequence, overload
 import torch
 
 from lmforge.infer.sampling import RowParams, SamplingConfig, make_generator, sample_next
+from lmforge.model.decode import DecodePlan
+from lmforge.model.transformer import KVCache
 from lmforge.tokenizer.train import EOS_TOKEN, IM_END
 from lmforge.train.checkpoint import resolve_checkpoint  # noqa: F401  (re-exported)
 from lmforge.train.distributed import cpu_has_fast_bf16, pick_device
@@ -430,6 +434,21 @@ class Engine:
         with self._sdpa_backends() if input_ids.device.type == "cuda" else contextlib.nullcontext():
             return self.model(input_ids, **kwargs).logits
 
+    def decode_logits(
+        self, plan: DecodePlan | None, tokens: torch.Tensor, positions: torch.Tensor, kv_cache: KVCache, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Logits [B, V] for one new token per row: ``tokens`` and ``positions`` (RoPE) are [B],
+        ``mask`` a [B, 1, 1, S] bool key mask over the cache including this token, or None.
+
+        Through ``plan`` (``DecodePlan.of(model)``, built once per generation loop: bitwise the
+        same logits as the model's forward, without its per-module Python) where there is one,
+        else through the forward itself.
+        """
+        with self._sdpa_backends() if tokens.device.type == "cuda" else contextlib.nullcontext():
+            if plan is not None:
+                return plan.step(tokens, positions, kv_cache, mask)
+            return self.model(tokens[:, None], position_ids=positions[:, None], kv_cache=kv_cache, attention_mask=mask).logits[:, -1]
+
     @staticmethod
     def _sdpa_backends():
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -469,7 +488,8 @@ class Engine:
             for row, r in enumerate(requests):
                 seen[row, torch.tensor(r.prompt_ids, device=device)] = True
         generators = [make_generator(r.sampling.seed, device) for r in requests]
-        next_pos = torch.tensor(lengths, device=device).unsqueeze(1)
+        next_pos = torch.tensor(lengths, device=device)
+        plan = DecodePlan.of(model)
         active = list(range(batch))  # batch row -> request
 
         while True:
@@ -492,5 +512,6 @@ class Engine:
                 seen.scatter_(1, tokens.unsqueeze(1), True)
             width = cache.length + 1
             key_mask[:, width - 1] = True
-            logits = self._forward(tokens.unsqueeze(1), position_ids=next_pos, kv_cache=cache, attention_mask=key_mask[:, :width])
+            mask = key_mask[:, None, None, :width] if prefill_mask is not None else None  # unpadded: all visible
+            logits = self.decode_logits(plan, tokens, next_pos, cache, mask)
             next_pos = next_pos + 1

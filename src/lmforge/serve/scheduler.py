@@ -51,6 +51,7 @@ import torch
 
 from lmforge.infer.engine import Engine, GenerationResult, RequestState, StepEvent
 from lmforge.infer.sampling import RowParams, SamplingConfig, make_generator, sample_next
+from lmforge.model.decode import DecodePlan
 from lmforge.model.transformer import KVCache
 
 logger = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ class Scheduler:
         self._cache: SlotKVCache | None = None
         self._seen: torch.Tensor | None = None  # [slots, V] tokens in context, for repetition penalty
         self._params: RowParams | None = None  # of the active rows; None after membership changes
+        self._plan = DecodePlan.of(engine.model)  # the served model is fixed for the scheduler's life
         self.counters = dict(submitted=0, completed=0, cancelled=0, failed=0, prompt_tokens=0, generated_tokens=0, steps=0)
 
     # ---- control -----------------------------------------------------------------------
@@ -350,12 +352,12 @@ class Scheduler:
         engine, device, cache = self.engine, self.engine.device, self._cache
         active = self._active
         lengths = torch.tensor([r.length for r in active], device=device)
-        tokens = torch.tensor([[r.pending] for r in active], device=device)
+        tokens = torch.tensor([r.pending for r in active], device=device)
         width = int(lengths.max()) + 1
         cache.length, cache.write_pos = width - 1, lengths
         # Row i sees its own columns 0..length_i (the new token included), nothing of the slot's tail.
         mask = (torch.arange(width, device=device)[None, :] <= lengths[:, None])[:, None, None, :]
-        logits = engine.model_logits(tokens, position_ids=lengths[:, None], kv_cache=cache, attention_mask=mask)[:, -1]
+        logits = engine.decode_logits(self._plan, tokens, lengths, cache, mask)
         for request in active:
             request.length += 1
         if self._params is None:

@@ -1,0 +1,138 @@
+"""DecodePlan.step against Transformer.forward: bitwise-equal logits and caches, and refusal
+wherever it could not be equal (training mode, adapters, hooks, subclasses)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmforge.model import Transformer
+from lmforge.model.decode import DecodePlan
+
+ARCH_NAMES = ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "Qwen2MoeForCausalLM"]
+MHA_AND_GQA = [(name, {}) for name in ARCH_NAMES] + [("LlamaForCausalLM", {"n_kv_heads": 4})]
+
+
+def _model(make_config, randomize, arch, dtype=torch.float32, **overrides) -> Transformer:
+    torch.manual_seed(0)
+    return randomize(Transformer(make_config(arch, **overrides))).to(dtype).eval()
+
+
+def _prefilled(model, prompts: list[list[int]], total: int):
+    """Left-padded prefill, as the engine does: (cache, [B, total] key mask, next positions [B])."""
+    batch, width = len(prompts), max(len(p) for p in prompts)
+    ids = torch.zeros((batch, width), dtype=torch.long)
+    key_mask = torch.zeros((batch, total), dtype=torch.bool)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(p)
+        key_mask[row, width - len(p):width] = True
+    positions = (key_mask[:, :width].long().cumsum(-1) - 1).clamp(min=0)
+    cache = model.new_kv_cache(batch, total)
+    model(ids, position_ids=positions, kv_cache=cache, attention_mask=key_mask[:, :width])
+    return cache, key_mask, torch.tensor([len(p) for p in prompts])
+
+
+def _clone(cache):
+    copy = type(cache).__new__(type(cache))
+    copy.__dict__.update(cache.__dict__)
+    copy.k, copy.v = cache.k.clone(), cache.v.clone()
+    return copy
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("arch_name,overrides", MHA_AND_GQA, ids=[a + ("-mha" if o else "") for a, o in MHA_AND_GQA])
+def test_step_equals_forward_bitwise_on_a_padded_batch(arch_name, overrides, dtype, make_config, randomize):
+    model = _model(make_config, randomize, arch_name, dtype, **overrides)
+    plan = DecodePlan.of(model)
+    assert plan is not None
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(1, 96, (n,), generator=gen).tolist() for n in (7, 3, 5)]
+    with torch.inference_mode():
+        by_forward, key_mask, positions = _prefilled(model, prompts, total=12)
+        by_plan = _clone(by_forward)
+        tokens = torch.tensor([5, 17, 42])
+        for _ in range(4):  # several steps: each one reads what the previous ones wrote
+            width = by_forward.length + 1
+            key_mask[:, width - 1] = True
+            expected = model(tokens[:, None], position_ids=positions[:, None], kv_cache=by_forward,
+                             attention_mask=key_mask[:, :width]).logits[:, -1]
+            got = plan.step(tokens, positions, by_plan, key_mask[:, None, None, :width])
+            assert torch.equal(got, expected)
+            assert by_plan.length == by_forward.length == width
+            assert torch.equal(by_plan.k, by_forward.k) and torch.equal(by_plan.v, by_forward.v)
+            tokens, positions = expected.argmax(-1), positions + 1
+
+
+def test_step_without_a_mask_equals_the_unpadded_forward(make_config, randomize):
+    model = _model(make_config, randomize, "Qwen3ForCausalLM")
+    plan = DecodePlan.of(model)
+    with torch.inference_mode():
+        cache = model.new_kv_cache(2, 16)
+        model(torch.tensor([[3, 4, 5, 6], [7, 8, 9, 10]]), kv_cache=cache)
+        mirror = _clone(cache)
+        expected = model(torch.tensor([[11], [12]]), kv_cache=cache).logits[:, -1]
+        got = plan.step(torch.tensor([11, 12]), torch.tensor([4, 4]), mirror, None)
+    assert torch.equal(got, expected)
+
+
+def test_step_writes_the_servers_slot_cache_at_each_rows_own_position(make_config, randomize):
+    from lmforge.serve.scheduler import SlotKVCache
+
+    model = _model(make_config, randomize, "Qwen2MoeForCausalLM")
+    plan = DecodePlan.of(model)
+    lengths = torch.tensor([5, 2])  # slot 0 holds 5 tokens, slot 1 holds 2
+    with torch.inference_mode():
+        cache = SlotKVCache(model.config, 2, 16, torch.float32, "cpu")
+        gen = torch.Generator().manual_seed(2)
+        cache.k.normal_(generator=gen)
+        cache.v.normal_(generator=gen)
+        mirror = _clone(cache)
+        width = int(lengths.max()) + 1
+        mask = (torch.arange(width)[None, :] <= lengths[:, None])[:, None, None, :]
+        for c in (cache, mirror):
+            c.length, c.write_pos = width - 1, lengths
+        tokens = torch.tensor([9, 30])
+        expected = model(tokens[:, None], position_ids=lengths[:, None], kv_cache=cache, attention_mask=mask).logits[:, -1]
+        got = plan.step(tokens, lengths, mirror, mask)
+    assert torch.equal(got, expected)
+    assert torch.equal(mirror.k, cache.k) and torch.equal(mirror.v, cache.v)
+
+
+def test_no_plan_where_step_could_differ_from_forward(make_config, randomize):
+    model = _model(make_config, randomize, "LlamaForCausalLM")
+    assert DecodePlan.of(model) is not None
+
+    model.train()
+    assert DecodePlan.of(model) is None, "training mode (dropout-free today, but forward is the contract)"
+    model.eval()
+
+    handle = model.model.layers[0].mlp.register_forward_hook(lambda *args: None)
+    assert DecodePlan.of(model) is None, "a forward hook would be skipped"
+    handle.remove()
+
+    class Custom(Transformer):
+        pass
+
+    assert DecodePlan.of(Custom(model.config).eval()) is None, "a subclass may override forward"
+    assert DecodePlan.of(torch.nn.Sequential(model)) is None
+
+
+def test_no_plan_for_peft_adapters(make_config, randomize):
+    peft = pytest.importorskip("peft")
+    model = _model(make_config, randomize, "LlamaForCausalLM")
+    peft.inject_adapter_in_model(peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False), model)
+    assert DecodePlan.of(model.eval()) is None
+
+
+def test_step_equals_forward_under_bf16_autocast(make_config, randomize):
+    """An evaluation hook may decode an fp32 training model inside the trainer's autocast."""
+    model = _model(make_config, randomize, "Qwen3ForCausalLM")
+    plan = DecodePlan.of(model)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cache = model.new_kv_cache(1, 8)
+        model(torch.tensor([[3, 4, 5]]), kv_cache=cache)
+        mirror = _clone(cache)
+        expected = model(torch.tensor([[6]]), kv_cache=cache).logits[:, -1]
+        got = plan.step(torch.tensor([6]), torch.tensor([3]), mirror, None)
+    assert got.dtype == expected.dtype
+    assert torch.equal(got, expected)
