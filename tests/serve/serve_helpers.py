@@ -1,5 +1,6 @@
 """Helpers for the serving tests (a plain module: test files import it by name, which they cannot
-do with ``conftest``): a real uvicorn server in a thread, raw HTTP, the /health counters."""
+do with ``conftest``): a real uvicorn server in a thread, raw HTTP, the /health counters, and an
+engine slowed down for tests that must act while a generation is still running."""
 
 from __future__ import annotations
 
@@ -57,3 +58,17 @@ def wait_until(predicate, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def slowed(engine, seconds_per_step: float):
+    """``engine`` with every decode step (scheduler and ``Engine.generate`` alike) taking at least
+    ``seconds_per_step`` longer: a test that stops or disconnects mid-reply then acts while the
+    reply is certainly still running, however fast the machine decodes."""
+    fast = engine.decode_logits
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds_per_step)
+        return fast(*args, **kwargs)
+
+    engine.decode_logits = slow
+    return engine

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from serve_helpers import health, wait_until
+from serve_helpers import health, slowed, wait_until
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -27,19 +27,9 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed
 def engine(dense_ckpt):
     """The tiny model, slowed to ~100 tokens/s so that a click on Stop lands mid-reply whatever
     the machine's speed (the real model decodes a 90-token reply in a fraction of a second)."""
-    import time
-
     from lmforge.infer import Engine
 
-    engine = Engine.from_checkpoint(dense_ckpt, device="cpu", dtype="float32", overflow="error")
-    fast = engine.model_logits
-
-    def slow(*args, **kwargs):
-        time.sleep(0.01)
-        return fast(*args, **kwargs)
-
-    engine.model_logits = slow
-    return engine
+    return slowed(Engine.from_checkpoint(dense_ckpt, device="cpu", dtype="float32", overflow="error"), 0.01)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import socket
 from urllib.parse import urlparse
 
 import pytest
-from serve_helpers import health, raw, running_server, wait_until
+from serve_helpers import health, raw, running_server, slowed, wait_until
 
 from lmforge.infer import SamplingConfig
 
@@ -184,8 +184,20 @@ def test_the_server_survives_bad_requests_and_http_oddities(server):
     assert health(server)["status"] == "ok"
 
 
+@pytest.fixture(scope="module")
+def slow_server(dense_ckpt):
+    """A server whose decoding takes >= 5 ms a token: 120 tokens outlast any disconnect's notice."""
+    from lmforge.infer import Engine
+    from lmforge.serve.app import create_app
+
+    engine = slowed(Engine.from_checkpoint(dense_ckpt, device="cpu", dtype="float32", overflow="error"), 0.005)
+    with running_server(create_app(engine, "tiny")) as url:
+        yield url
+
+
 @pytest.mark.parametrize("stream", [True, False])
-def test_a_client_that_disconnects_cancels_its_generation(server, stream):
+def test_a_client_that_disconnects_cancels_its_generation(slow_server, stream):
+    server = slow_server
     before = health(server)
     u = urlparse(server)
     body = json.dumps({"model": "tiny", "prompt": "Once", "max_tokens": 120, "stream": stream, "ignore_eos": True, "temperature": 0})
