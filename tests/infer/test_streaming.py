@@ -57,6 +57,20 @@ def test_incremental_decoder_never_emits_broken_characters(tokenizer):
         assert sum(1 for p in pieces if p) > 3  # it really streams, not one piece at the end
 
 
+@pytest.mark.parametrize("skip_special_tokens", [True, False])
+def test_incremental_decoder_decodes_as_the_tokenizer_does(tokenizer, skip_special_tokens):
+    # It calls the Rust backend directly (transformers' wrapper costs more than decoding);
+    # whatever it streams must still add up to the tokenizer's own decode, special tokens included.
+    special = tokenizer.all_special_ids
+    assert special
+    ids = tokenizer.encode("mixed 中文 and English 🙂", add_special_tokens=False)
+    ids = [special[0], *ids[:5], special[-1], *ids[5:], special[0]]
+    decoder = IncrementalDecoder(tokenizer, skip_special_tokens=skip_special_tokens)
+    assert decoder._backend is not None
+    text = "".join(decoder.push(i) for i in ids) + decoder.flush()
+    assert text == tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
 def test_incremental_decoder_releases_invalid_bytes_instead_of_stalling(tokenizer):
     lone_byte = tokenizer.encode("你", add_special_tokens=False)[0]  # first byte of a 3-byte char
     decoder = IncrementalDecoder(tokenizer, max_pending=4)

@@ -126,12 +126,19 @@ class IncrementalDecoder:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         self.max_pending = max_pending
+        # A fast tokenizer without space clean-up decodes exactly what its Rust backend does;
+        # calling the backend directly skips transformers' wrapper, which costs more than the
+        # decoding itself (two decodes per generated token).
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._backend = backend if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True) else None
         # A few prompt tokens as context: some tokenizers decode a word differently at the start.
         self.ids: list[int] = list(context_ids)[-4:]
         self.prefix_offset = 0
         self.read_offset = len(self.ids)
 
     def _decode(self, ids: list[int]) -> str:
+        if self._backend is not None:
+            return self._backend.decode(ids, skip_special_tokens=self.skip_special_tokens)
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
 
     def push(self, token_id: int) -> str:
@@ -511,7 +518,9 @@ class Engine:
             if seen is not None:
                 seen.scatter_(1, tokens.unsqueeze(1), True)
             width = cache.length + 1
-            key_mask[:, width - 1] = True
-            mask = key_mask[:, None, None, :width] if prefill_mask is not None else None  # unpadded: all visible
+            mask = None  # unpadded prompts: every cached position is visible to every row
+            if prefill_mask is not None:
+                key_mask[:, width - 1] = True
+                mask = key_mask[:, None, None, :width]
             logits = self.decode_logits(plan, tokens, next_pos, cache, mask)
             next_pos = next_pos + 1
