@@ -120,6 +120,34 @@ def test_sampling_follows_the_distribution():
     assert 1400 < counts[3] < 1750 and counts[0] > 120 and counts[1] > 120
 
 
+def test_draw_tokens_matches_multinomial_in_distribution_and_never_draws_zero_mass():
+    from lmforge.infer.sampling import draw_tokens
+
+    # A vocabulary-sized row with a top-k-like cut (zero mass at both ends) and a skewed head.
+    probs = torch.zeros(1, 5000)
+    probs[0, 1:-1] = torch.softmax(torch.randn(4998, generator=torch.Generator().manual_seed(3)) * 2, -1)
+    gen = make_generator(11, "cpu")
+    n = 20000
+    draws = torch.cat([draw_tokens(probs.expand(50, -1), [gen] * 50) for _ in range(n // 50)])
+    counts = torch.bincount(draws, minlength=5000).double()
+    assert counts[0] == 0 and counts[-1] == 0
+    # Pearson's chi-square over the 20 most likely tokens + the rest: df = 20, p < 1e-6 at 61.
+    top = probs[0].argsort(descending=True)[:20]
+    expected = torch.cat([probs[0, top], 1 - probs[0, top].sum(0, keepdim=True)]).double() * n
+    observed = torch.cat([counts[top], n - counts[top].sum(0, keepdim=True)])
+    assert ((observed - expected) ** 2 / expected).sum() < 61
+
+
+def test_draw_tokens_with_all_mass_on_one_token_or_at_the_edges():
+    from lmforge.infer.sampling import draw_tokens
+
+    gens = [make_generator(s, "cpu") for s in range(3)]
+    probs = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
+    for _ in range(200):
+        tokens = draw_tokens(probs, gens).tolist()
+        assert tokens[0] == 2 and tokens[1] == 0 and tokens[2] in (1, 2)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [dict(temperature=-1), dict(top_k=-1), dict(top_p=0), dict(top_p=1.5), dict(repetition_penalty=0), dict(max_new_tokens=0), dict(stop=[""])],

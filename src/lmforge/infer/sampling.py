@@ -200,11 +200,31 @@ def sample_next(
     if params.all_greedy:
         return greedy
     probs = processed.softmax(dim=-1)
+    sampled = [row for row, row_is_greedy in enumerate((params.temperature[:, 0] == 0).tolist()) if not row_is_greedy]
+    if len(sampled) == len(generators):
+        return draw_tokens(probs, generators)
     out = greedy.clone()
-    is_greedy = (params.temperature[:, 0] == 0).tolist()
-    # One multinomial per row: a shared generator would make a row's draw depend on its
-    # batch neighbours, and reproducibility per request is the point of the seed.
-    for row, row_is_greedy in enumerate(is_greedy):
-        if not row_is_greedy:
-            out[row] = torch.multinomial(probs[row], 1, generator=generators[row])[0]
+    rows = torch.tensor(sampled, device=probs.device)
+    out[rows] = draw_tokens(probs.index_select(0, rows), [generators[row] for row in sampled])
     return out
+
+
+def draw_tokens(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row of ``probs`` [R, V], row r drawn with ``generators[r]``: inverse
+    transform sampling, the first token whose cumulative probability exceeds u ~ U[0, total).
+
+    The distribution ``torch.multinomial`` samples (it also walks a cumulative sum), at one
+    uniform number per row instead of a ~120 µs call per row on a CPU: a batch of 32 sampled
+    rows cost more than the model's forward before. Each row keeps its own generator: a shared
+    one would make a request's draw depend on its batch neighbours, and per-request
+    reproducibility is the point of the seed. The sum is taken in fp64, so rounding cannot move
+    probability between tokens; zero-probability tokens (top-k/top-p cuts) are never drawn.
+    """
+    import torch
+
+    cdf = probs.double().cumsum(dim=-1)
+    total = cdf[:, -1:]
+    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64, device=probs.device) for g in generators]).unsqueeze(1)
+    # u·total < total strictly, so the search stops at or before the last token with mass.
+    u = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, u, right=True).squeeze(1)
