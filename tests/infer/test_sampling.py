@@ -148,6 +148,15 @@ def test_draw_tokens_with_all_mass_on_one_token_or_at_the_edges():
         assert tokens[0] == 2 and tokens[1] == 0 and tokens[2] in (1, 2)
 
 
+def test_a_row_without_valid_probabilities_is_an_error_not_an_out_of_vocabulary_token():
+    from lmforge.infer.sampling import draw_tokens
+
+    gens = [make_generator(s, "cpu") for s in range(3)]
+    probs = torch.tensor([[0.5, 0.5, 0.0], [float("nan")] * 3, [0.0, 0.0, 0.0]])
+    with pytest.raises(RuntimeError, match=r"row\(s\) \[1, 2\] have no valid probabilities"):
+        draw_tokens(probs, gens)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [dict(temperature=-1), dict(top_k=-1), dict(top_p=0), dict(top_p=1.5), dict(repetition_penalty=0), dict(max_new_tokens=0), dict(stop=[""])],

@@ -6,6 +6,8 @@ replaced to emit a fixed token script: the text the engine should stream is know
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -69,6 +71,23 @@ def test_incremental_decoder_decodes_as_the_tokenizer_does(tokenizer, skip_speci
     assert decoder._backend is not None
     text = "".join(decoder.push(i) for i in ids) + decoder.flush()
     assert text == tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+def test_incremental_decoder_keeps_a_tokenizers_own_decoding(tokenizer):
+    # A subclass that decodes its own way (CodeGen's tokenizer does), or space clean-up, must go
+    # through tokenizer.decode, not the backend.
+    class Shouting(type(tokenizer)):
+        def _decode(self, *args, **kwargs):
+            return super()._decode(*args, **kwargs).upper()
+
+    shouting = copy.copy(tokenizer)
+    shouting.__class__ = Shouting
+    decoder = IncrementalDecoder(shouting)
+    assert decoder._backend is None
+    assert "".join(decoder.push(i) for i in tokenizer.encode("plain ascii", add_special_tokens=False)) + decoder.flush() == "PLAIN ASCII"
+    cleaning = copy.copy(tokenizer)
+    cleaning.clean_up_tokenization_spaces = True
+    assert IncrementalDecoder(cleaning)._backend is None
 
 
 def test_incremental_decoder_releases_invalid_bytes_instead_of_stalling(tokenizer):

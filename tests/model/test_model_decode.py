@@ -116,6 +116,74 @@ def test_no_plan_where_step_could_differ_from_forward(make_config, randomize):
     assert DecodePlan.of(Custom(model.config).eval()) is None, "a subclass may override forward"
     assert DecodePlan.of(torch.nn.Sequential(model)) is None
 
+    handle = model.model.norm.register_forward_pre_hook(lambda *args: None)
+    assert DecodePlan.of(model) is None, "a forward pre-hook would be skipped"
+    handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *args: None)
+    assert DecodePlan.of(model) is None, "a global forward hook would be skipped"
+    handle.remove()
+
+    model.model.layers[1].mlp.forward = lambda x: x  # what accelerate's offloading does
+    assert DecodePlan.of(model) is None, "a forward patched onto an instance would be skipped"
+    del model.model.layers[1].mlp.forward
+
+    model.compile()  # in place: the type stays Transformer
+    assert DecodePlan.of(model) is None
+    assert DecodePlan.of(_model(make_config, randomize, "LlamaForCausalLM")) is not None
+
+
+def test_biases_anywhere_are_applied(make_config, randomize):
+    # Only q/k/v have biases in the architectures lmforge maps to, but a Linear swapped for one
+    # with a bias (o_proj, the MLP, the head) must still give forward's logits.
+    model = _model(make_config, randomize, "LlamaForCausalLM", tie_embeddings=False)
+    with torch.no_grad():
+        model.lm_head = torch.nn.Linear(32, 96, bias=True)
+        model.model.layers[0].self_attn.o_proj = torch.nn.Linear(32, 32, bias=True)
+        model.model.layers[1].mlp.down_proj = torch.nn.Linear(48, 32, bias=True)
+    plan = DecodePlan.of(model)
+    with torch.inference_mode():
+        cache = model.new_kv_cache(1, 8)
+        model(torch.tensor([[3, 4, 5]]), kv_cache=cache)
+        mirror = _clone(cache)
+        expected = model(torch.tensor([[6]]), kv_cache=cache).logits[:, -1]
+        assert torch.equal(plan.step(torch.tensor([6]), torch.tensor([3]), mirror, None), expected)
+
+
+@pytest.mark.parametrize("arch_name", ["LlamaForCausalLM", "Qwen3ForCausalLM", "Qwen2MoeForCausalLM"])
+def test_step_equals_forward_when_kv_heads_are_copied(arch_name, make_config, randomize, monkeypatch):
+    """Where SDPA cannot share K/V heads itself (CUDA with a mask) both copy them."""
+    import lmforge.model.decode as decode
+    import lmforge.model.transformer as transformer
+
+    monkeypatch.setattr(transformer, "_native_gqa", lambda device, mask: False)
+    monkeypatch.setattr(decode, "_native_gqa", lambda device, mask: False)
+    model = _model(make_config, randomize, arch_name)
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    with torch.inference_mode():
+        cache, key_mask, positions = _prefilled(model, prompts, total=8)
+        mirror = _clone(cache)
+        key_mask[:, 4] = True
+        expected = model(torch.tensor([[11], [12]]), position_ids=positions[:, None], kv_cache=cache,
+                         attention_mask=key_mask[:, :5]).logits[:, -1]
+        got = DecodePlan.of(model).step(torch.tensor([11, 12]), positions, mirror, key_mask[:, None, None, :5])
+    assert torch.equal(got, expected)
+
+
+def test_the_engine_decodes_loaded_checkpoints_through_a_plan(make_config, randomize, tmp_path, monkeypatch):
+    from lmforge.infer import Engine, SamplingConfig
+    from lmforge.model.hf import load_pretrained, save_pretrained
+
+    save_pretrained(_model(make_config, randomize, "Qwen3ForCausalLM"), tmp_path)
+    engine = Engine(load_pretrained(tmp_path))  # as Engine.from_checkpoint loads it
+    steps = []
+    real = DecodePlan.step
+    monkeypatch.setattr(DecodePlan, "step", lambda self, *a: steps.append(1) or real(self, *a))
+    fast = engine.generate([[1, 2, 3], [4]], SamplingConfig(max_new_tokens=6, temperature=0, ignore_eos=True))
+    assert len(steps) == 5  # every token after the prefill's
+    monkeypatch.setattr(DecodePlan, "of", classmethod(lambda cls, model: None))
+    slow = engine.generate([[1, 2, 3], [4]], SamplingConfig(max_new_tokens=6, temperature=0, ignore_eos=True))
+    assert [r.token_ids for r in fast] == [r.token_ids for r in slow]
+
 
 def test_no_plan_for_peft_adapters(make_config, randomize):
     peft = pytest.importorskip("peft")

@@ -126,11 +126,7 @@ class IncrementalDecoder:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         self.max_pending = max_pending
-        # A fast tokenizer without space clean-up decodes exactly what its Rust backend does;
-        # calling the backend directly skips transformers' wrapper, which costs more than the
-        # decoding itself (two decodes per generated token).
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        self._backend = backend if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True) else None
+        self._backend = _plain_backend(tokenizer)
         # A few prompt tokens as context: some tokenizers decode a word differently at the start.
         self.ids: list[int] = list(context_ids)[-4:]
         self.prefix_offset = 0
@@ -158,6 +154,23 @@ class IncrementalDecoder:
         new_text = self._decode(self.ids[self.prefix_offset :])
         self.prefix_offset = self.read_offset = len(self.ids)
         return new_text[len(prefix_text) :]
+
+
+def _plain_backend(tokenizer: Any) -> Any:
+    """The Rust ``tokenizers.Tokenizer`` under a transformers fast tokenizer whose decoding is
+    exactly the backend's (the base class's own ``decode``/``_decode``, no space clean-up), else
+    None. Calling it directly skips transformers' wrapper, which costs more than the decoding
+    itself — and streaming decodes twice per generated token."""
+    try:
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:  # another transformers layout: keep the public decode
+        return None
+    cls = type(tokenizer)
+    if (not isinstance(tokenizer, TokenizersBackend) or cls._decode is not TokenizersBackend._decode
+            or cls.decode is not PreTrainedTokenizerBase.decode or tokenizer.clean_up_tokenization_spaces):
+        return None
+    return tokenizer.backend_tokenizer
 
 
 @dataclass

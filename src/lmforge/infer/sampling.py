@@ -217,14 +217,20 @@ def draw_tokens(probs: torch.Tensor, generators: list[torch.Generator]) -> torch
     uniform number per row instead of a ~120 µs call per row on a CPU: a batch of 32 sampled
     rows cost more than the model's forward before. Each row keeps its own generator: a shared
     one would make a request's draw depend on its batch neighbours, and per-request
-    reproducibility is the point of the seed. The sum is taken in fp64, so rounding cannot move
-    probability between tokens; zero-probability tokens (top-k/top-p cuts) are never drawn.
+    reproducibility is the point of the seed. The sum is taken in fp64 (fp32 on Apple's MPS,
+    which has no fp64), so its rounding is negligible; zero-probability tokens (top-k/top-p
+    cuts) are never drawn. A row with no valid probabilities (NaN, all zero) is an error, as it
+    is for ``torch.multinomial``, never an out-of-vocabulary id.
     """
     import torch
 
-    cdf = probs.double().cumsum(dim=-1)
+    exact = torch.float32 if probs.device.type == "mps" else torch.float64
+    cdf = probs.to(exact).cumsum(dim=-1)
     total = cdf[:, -1:]
-    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64, device=probs.device) for g in generators]).unsqueeze(1)
+    if not bool((total > 0).all()):  # NaN compares False too
+        bad = (~(total[:, 0] > 0)).nonzero()[:, 0].tolist()
+        raise RuntimeError(f"sampling: row(s) {bad} have no valid probabilities (NaN, inf or all-zero logits)")
+    u = torch.stack([torch.rand((), generator=g, dtype=exact, device=probs.device) for g in generators]).unsqueeze(1)
     # u·total < total strictly, so the search stops at or before the last token with mass.
     u = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, u, right=True).squeeze(1)

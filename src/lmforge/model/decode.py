@@ -3,7 +3,7 @@
 ``Transformer.forward`` is general: any number of new tokens, training, packed-document masks,
 MoE statistics, a module call per projection. Decoding runs it once per generated token with
 T = 1, and for a small model on a CPU the Python around each operation (module calls, hooks
-bookkeeping, building a causal mask, slicing cos/sin per layer) costs as much as the
+bookkeeping, building the attention mask, RoPE's autocast guard) costs as much as the
 matrix-vector products themselves. ``DecodePlan`` is the same computation written as straight
 torch calls on the weights:
 
@@ -17,10 +17,13 @@ torch calls on the weights:
   server's per-slot cache both work.
 
 ``DecodePlan.of(model)`` returns None for anything it cannot reproduce exactly — a wrapped or
-compiled model, projections replaced by adapters (peft's LoRA layers), modules carrying hooks
-(FSDP) — and the caller then uses ``model(...)``::
+compiled model (``torch.compile(model)`` or ``model.compile()``), a module whose ``forward`` was
+replaced, projections replaced by adapters (peft's LoRA layers), modules carrying hooks (FSDP,
+accelerate), sharded parameters — and the caller then uses ``model(...)``. A plan holds the
+Parameter objects: ``model.to(...)`` keeps it valid (it swaps their data), anything that
+replaces a Parameter (``load_state_dict(assign=True)``) needs a new plan::
 
-    plan = DecodePlan.of(model)     # gathers weight references; build again after replacing parameters
+    plan = DecodePlan.of(model)     # once per generation loop
     logits = plan.step(tokens, positions, kv_cache, mask) if plan else model(tokens[:, None], ...).logits[:, -1]
 """
 
@@ -39,7 +42,7 @@ from lmforge.model.transformer import (Attention, Backbone, DecoderLayer, KVCach
 
 @dataclass(frozen=True)
 class _Layer:
-    """One decoder layer's tensors (the Parameters themselves: ``model.to(...)`` keeps them valid)."""
+    """One decoder layer's tensors (the Parameters themselves; see the module docstring)."""
 
     input_norm: torch.Tensor
     q: torch.Tensor
@@ -49,10 +52,11 @@ class _Layer:
     v: torch.Tensor
     v_bias: torch.Tensor | None
     o: torch.Tensor
+    o_bias: torch.Tensor | None
     q_norm: torch.Tensor | None
     k_norm: torch.Tensor | None
     post_norm: torch.Tensor
-    swiglu: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # gate, up, down; None: MoE
+    swiglu: tuple[torch.Tensor | None, ...] | None  # gate, up, down weights and biases; None: MoE
     mlp: nn.Module
 
 
@@ -66,17 +70,17 @@ class DecodePlan:
         self.rotary = model.rotary
         self.embed = model.model.embed_tokens.weight
         self.final_norm = model.model.norm.weight
-        self.lm_head = model.lm_head.weight
+        self.lm_head, self.lm_head_bias = model.lm_head.weight, model.lm_head.bias
         self.layers = []
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             self.layers.append(_Layer(
                 layer.input_layernorm.weight,
                 attn.q_proj.weight, attn.q_proj.bias, attn.k_proj.weight, attn.k_proj.bias, attn.v_proj.weight, attn.v_proj.bias,
-                attn.o_proj.weight,
+                attn.o_proj.weight, attn.o_proj.bias,
                 attn.q_norm.weight if attn.q_norm is not None else None, attn.k_norm.weight if attn.k_norm is not None else None,
                 layer.post_attention_layernorm.weight,
-                (mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight) if type(mlp) is SwiGLU else None,
+                _weights_and_biases(mlp.gate_proj, mlp.up_proj, mlp.down_proj) if type(mlp) is SwiGLU else None,
                 mlp,
             ))
 
@@ -88,8 +92,12 @@ class DecodePlan:
         for module in model.modules():
             if type(module) not in _REIMPLEMENTED:
                 return None  # e.g. a peft LoRA layer in place of a projection
-            if module._forward_hooks or module._forward_pre_hooks:
-                return None
+            if module._forward_hooks or module._forward_pre_hooks or "forward" in module.__dict__:
+                return None  # hooks (FSDP, accelerate) or a forward patched onto the instance
+            if getattr(module, "_compiled_call_impl", None) is not None:
+                return None  # model.compile() / module.compile() in place
+            if type(module) is nn.Embedding and module.max_norm is not None:
+                return None  # renormalizes rows as it looks them up
         if any(type(p) is not nn.Parameter and type(p) is not torch.Tensor for p in model.parameters()):
             return None  # DTensor (FSDP/TP) shards, quantized tensors
         if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
@@ -127,15 +135,15 @@ class DecodePlan:
             if gqa and not native_gqa:
                 k, v = k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1)
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **extra)
-            x = x + F.linear(attn.view(B, 1, H * d), layer.o)
+            x = x + F.linear(attn.reshape(B, 1, H * d), layer.o, layer.o_bias)
             h = _rms_norm(x, layer.post_norm, eps)
             if layer.swiglu is not None:
-                gate, up, down = layer.swiglu
-                x = x + F.linear(F.silu(F.linear(h, gate)) * F.linear(h, up), down)
+                gate, gate_bias, up, up_bias, down, down_bias = layer.swiglu
+                x = x + F.linear(F.silu(F.linear(h, gate, gate_bias)) * F.linear(h, up, up_bias), down, down_bias)
             else:
                 x = x + layer.mlp(h)
         kv_cache.length += 1
-        return F.linear(_rms_norm(x, self.final_norm, eps)[:, 0], self.lm_head)
+        return F.linear(_rms_norm(x, self.final_norm, eps)[:, 0], self.lm_head, self.lm_head_bias)
 
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and [-sin, sin] halves, [B, 1, 1, d]: ``RotaryEmbedding.forward``'s operations
@@ -151,6 +159,10 @@ class DecodePlan:
 # Exactly the modules whose forward ``step`` reproduces; a subclass or anything else means "don't".
 _REIMPLEMENTED = frozenset({Transformer, Backbone, DecoderLayer, Attention, RotaryEmbedding, RMSNorm,
                             nn.Embedding, nn.ModuleList, nn.Linear, SwiGLU, MoEFeedForward})
+
+
+def _weights_and_biases(*linears: nn.Linear) -> tuple[torch.Tensor | None, ...]:
+    return tuple(t for linear in linears for t in (linear.weight, linear.bias))
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

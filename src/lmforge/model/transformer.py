@@ -99,7 +99,9 @@ class KVCache:
     """Preallocated keys/values for all layers: [n_layers, B, n_kv_heads, max_len, head_dim].
 
     All sequences in a batch share one write position (``length``); left-padded prompts keep
-    their own RoPE positions through ``position_ids`` and hide padding through ``key_mask``.
+    their own RoPE positions through ``position_ids`` and hide padding through a key mask
+    (``key_mask`` remembers the one ``forward`` was last given; the engine's decode steps pass
+    theirs explicitly).
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, dtype: torch.dtype, device) -> None:
