@@ -57,3 +57,22 @@ def test_default_model_name_is_the_run_name(tmp_path):
     step.mkdir(parents=True)
     assert default_model_name(step) == "sft-abc"
     assert default_model_name(tmp_path / "runs" / "sft-abc") == "sft-abc"
+
+
+def test_load_off_thread_returns_the_result_and_raises_the_error_from_an_exited_thread():
+    import threading
+
+    from lmforge.serve.cli import load_off_thread
+
+    seen = []
+
+    def load(value, *, fail=False):
+        seen.append(threading.current_thread())
+        if fail:
+            raise FileNotFoundError("no such checkpoint")
+        return value
+
+    assert load_off_thread(load, 42) == 42
+    assert seen[0] is not threading.current_thread() and not seen[0].is_alive()  # its OpenMP pool went with it
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        load_off_thread(load, 0, fail=True)

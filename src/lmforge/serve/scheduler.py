@@ -35,6 +35,10 @@ Usage (the server does this; any thread may submit)::
 ``on_event`` is called from the scheduler thread with each ``StepEvent`` (its ``finish_reason``
 set on the last one), or with an ``Exception`` if the forward pass failed; it must be quick
 (the server just posts it to its event loop).
+
+On a CPU, keep the scheduler's thread the only long-lived one that runs parallel torch ops:
+load the engine on a thread that exits (``lmforge.serve.cli.load_off_thread``), or the second
+OpenMP pool throttles both and decoding gets several times slower.
 """
 
 from __future__ import annotations
