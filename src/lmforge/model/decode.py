@@ -11,7 +11,7 @@ torch calls on the weights:
   RoPE, grouped-query SDPA, SwiGLU or the MoE block), so its logits are bitwise equal to
   ``forward``'s (tested for dense, QK-norm, biased and MoE layouts, padded batches and the
   server's slot cache);
-- RoPE's cos/sin computed once per step for all layers, the attention mask given ready-made
+- RoPE as one roll and two products per tensor, the attention mask given ready-made
   ([B, 1, 1, S] bool, or None when every cached position is visible);
 - the cache's own ``update`` writes keys and values, so the engine's ``KVCache`` and the
   server's per-slot cache both work.
@@ -20,8 +20,8 @@ torch calls on the weights:
 compiled model (``torch.compile(model)`` or ``model.compile()``), a module whose ``forward`` was
 replaced, projections replaced by adapters (peft's LoRA layers), modules carrying hooks (FSDP,
 accelerate), sharded parameters — and the caller then uses ``model(...)``. A plan holds the
-Parameter objects: ``model.to(...)`` keeps it valid (it swaps their data), anything that
-replaces a Parameter (``load_state_dict(assign=True)``) needs a new plan::
+Parameter objects: ``model.to(...)`` keeps it valid (by default it swaps their data), anything
+that replaces a Parameter (``load_state_dict(assign=True)``) needs a new plan::
 
     plan = DecodePlan.of(model)     # once per generation loop
     logits = plan.step(tokens, positions, kv_cache, mask) if plan else model(tokens[:, None], ...).logits[:, -1]
