@@ -495,10 +495,9 @@ class Engine:
         # Each row's positions start at 0 on its first real token, exactly as if run alone.
         positions = (key_mask[:, :padded].long().cumsum(-1) - 1).clamp(min=0)
         cache = model.new_kv_cache(batch, total, dtype=model.model.embed_tokens.weight.dtype)
-        # A plain causal mask (SDPA's fast path) when nothing is padded.
+        # A plain causal mask (SDPA's fast path) when nothing is padded; then decoding needs no
+        # mask either and `key_mask` goes unused.
         prefill_mask = key_mask[:, :padded] if min(lengths) != padded else None
-        if prefill_mask is None:
-            key_mask[:, :padded] = True
         logits = self._forward(ids, position_ids=positions, kv_cache=cache, attention_mask=prefill_mask, num_logits_to_keep=1)
 
         params = RowParams.from_configs([r.sampling for r in requests], device)
