@@ -4,7 +4,9 @@ under 1, 8 and 32 concurrent clients, in one invocation.
 1. **Single-stream decode**: one prompt, ``--new-tokens`` greedy tokens (eos ignored, so both
    produce exactly that many), lmforge's ``Engine.generate`` against ``model.generate`` of
    ``transformers`` on the same checkpoint directory, same dtype and threads, rounds alternated
-   so a noisy neighbour slows both. Target: lmforge ≥ 2× transformers.
+   so a noisy neighbour slows both. Target: lmforge ≥ 2× transformers. Also timed: the floor,
+   every weight matrix times one vector per token and nothing else, and the speedup a decoder
+   that cost only that would reach.
 2. **Server**: ``lmforge serve`` in a subprocess on 127.0.0.1; C concurrent ``openai``
    clients (C = 1, 8, 32) each send ``--requests`` streamed chat requests back to back
    (``--max-tokens`` tokens each, ``ignore_eos``). Reported: aggregate completion tokens/s over
@@ -101,11 +103,22 @@ def single_stream(ckpt: Path, dtype: torch.dtype, new_tokens: int, rounds: int) 
                               min_new_tokens=new_tokens, pad_token_id=0)
         return out[0, len(prompt):].tolist()
 
-    run_lmforge(), run_hf()  # warm-up: allocator, kernels, HF's lazy imports
-    times = {"lmforge": [], "transformers": []}
+    # The floor no decoder beats at batch 1: every weight matrix times one vector, nothing else
+    # (what streaming the weights through the caches costs on this machine).
+    linears = [m.weight for m in engine.model.modules() if isinstance(m, torch.nn.Linear)]
+    vectors = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype) for w in linears}
+
+    def run_weights_only():
+        with torch.inference_mode():
+            for _ in range(new_tokens):
+                for w in linears:
+                    torch.nn.functional.linear(vectors[w.shape[1]], w)
+
+    run_lmforge(), run_hf(), run_weights_only()  # warm-up: allocator, kernels, HF's lazy imports
+    times = {"lmforge": [], "transformers": [], "weights_only": []}
     outputs = {}
     for _ in range(rounds):
-        for name, fn in (("lmforge", run_lmforge), ("transformers", run_hf)):
+        for name, fn in (("lmforge", run_lmforge), ("transformers", run_hf), ("weights_only", run_weights_only)):
             start = time.perf_counter()
             outputs[name] = fn()
             times[name].append(time.perf_counter() - start)
@@ -113,7 +126,9 @@ def single_stream(ckpt: Path, dtype: torch.dtype, new_tokens: int, rounds: int) 
     same = outputs["lmforge"] == outputs["transformers"]
     return {"prompt_tokens": len(prompt), "new_tokens": new_tokens, "rounds": rounds,
             "lmforge_tokens_per_s": new_tokens / med["lmforge"], "transformers_tokens_per_s": new_tokens / med["transformers"],
-            "speedup": med["transformers"] / med["lmforge"], "same_tokens": same}
+            "speedup": med["transformers"] / med["lmforge"], "same_tokens": same,
+            "weights_only_ms_per_token": med["weights_only"] / new_tokens * 1000,
+            "best_possible_speedup": med["transformers"] / med["weights_only"]}
 
 
 # ---- 2. the server --------------------------------------------------------------------------
@@ -204,6 +219,8 @@ def main() -> int:
         print(f"  transformers generate        {single['transformers_tokens_per_s']:8.1f} tokens/s")
         print(f"  speedup {single['speedup']:.2f}x (target >= 2x: {'met' if single['speedup'] >= 2 else 'NOT met'}); "
               f"same tokens: {single['same_tokens']}")
+        print(f"  floor: the matrix-vector products alone take {single['weights_only_ms_per_token']:.2f} ms a token, "
+              f"so no decoder here could exceed {single['best_possible_speedup']:.2f}x")
 
         proc, base = start_server(ckpt, args.dtype, args.threads)
         try:
