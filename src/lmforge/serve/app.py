@@ -69,14 +69,22 @@ class _Prepared:
 
 
 class _Events:
-    """Bridges scheduler-thread events into this request's asyncio queue, tagged by choice."""
+    """Bridges scheduler-thread events into this request's asyncio queue, tagged by choice.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    ``final_only``: pass on only each choice's last event (and errors) — a non-streaming
+    response needs nothing else, and every wake-up of the event loop takes a core from the
+    decoding threads.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, final_only: bool = False) -> None:
         self.loop = loop
+        self.final_only = final_only
         self.queue: asyncio.Queue[tuple[int, StepEvent | Exception]] = asyncio.Queue()
 
     def callback(self, choice: int):
         def on_event(event):
+            if self.final_only and not isinstance(event, Exception) and event.finish_reason is None:
+                return
             self.loop.call_soon_threadsafe(self.queue.put_nowait, (choice, event))
 
         return on_event
@@ -262,9 +270,9 @@ def _prepare(engine: Engine, body: p._Sampling, prompts: list[list[int]], max_to
     return _Prepared(prompts, samplings, n=body.n)
 
 
-def _submit(scheduler: Scheduler, prepared: _Prepared) -> tuple[_Events, list]:
+def _submit(scheduler: Scheduler, prepared: _Prepared, final_only: bool = False) -> tuple[_Events, list]:
     """Queue every choice; before any response is sent, so a refusal is still a clean error."""
-    events = _Events(asyncio.get_running_loop())
+    events = _Events(asyncio.get_running_loop(), final_only)
     requests = []
     try:
         for choice, (ids, sampling) in enumerate(zip(prepared.prompts, prepared.samplings)):
@@ -283,7 +291,7 @@ def _submit(scheduler: Scheduler, prepared: _Prepared) -> tuple[_Events, list]:
 
 async def _complete(scheduler: Scheduler, prepared: _Prepared, http_request: Request, respond):
     """Wait for every choice; a client that hangs up cancels them all."""
-    events, requests = _submit(scheduler, prepared)
+    events, requests = _submit(scheduler, prepared, final_only=True)
     pending = len(requests)
     disconnect = asyncio.ensure_future(_wait_for_disconnect(http_request))
     try:
