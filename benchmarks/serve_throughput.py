@@ -105,7 +105,7 @@ def single_stream(ckpt: Path, dtype: torch.dtype, new_tokens: int, rounds: int) 
 
     # The floor no decoder beats at batch 1: every weight matrix times one vector, nothing else
     # (what streaming the weights through the caches costs on this machine).
-    linears = [m.weight for m in engine.model.modules() if isinstance(m, torch.nn.Linear)]
+    linears = decode_weights(engine.model)
     vectors = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype) for w in linears}
 
     def run_weights_only():
@@ -129,6 +129,18 @@ def single_stream(ckpt: Path, dtype: torch.dtype, new_tokens: int, rounds: int) 
             "speedup": med["transformers"] / med["lmforge"], "same_tokens": same,
             "weights_only_ms_per_token": med["weights_only"] / new_tokens * 1000,
             "best_possible_speedup": med["transformers"] / med["weights_only"]}
+
+
+def decode_weights(model) -> list[torch.Tensor]:
+    """The weight matrices one token's decode step multiplies: every Linear's (a tied head is
+    one module), but of a mixture of experts only top-k experts per layer, as a token uses."""
+    top_k = model.config.num_experts_per_tok if model.config.is_moe else 0
+    weights = []
+    for name, module in model.named_modules():
+        expert = re.search(r"\.experts\.(\d+)\.", name)
+        if isinstance(module, torch.nn.Linear) and not (expert and int(expert[1]) >= top_k):
+            weights.append(module.weight)
+    return weights
 
 
 # ---- 2. the server --------------------------------------------------------------------------
