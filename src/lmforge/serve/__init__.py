@@ -4,5 +4,6 @@
 
 ``scheduler.py`` batches concurrent requests over the one inference engine, ``app.py`` is the
 FastAPI adapter (``protocol.py``: the wire format), ``static/`` the chat page, ``cli.py`` the
-command. From Python: ``create_app(Engine.from_checkpoint(ckpt), "name")`` is an ASGI app.
+command. From Python: ``create_app(load_off_thread(Engine.from_checkpoint, ckpt), "name")`` is
+an ASGI app (``scheduler.load_off_thread``: why the model is loaded on a thread of its own).
 """

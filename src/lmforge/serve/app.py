@@ -19,7 +19,8 @@ OpenAI-style error body; the server itself never goes down over a request.
 
 Usage (``lmforge serve CKPT`` does this)::
 
-    app = create_app(Engine.from_checkpoint("runs/demo", overflow="error"), model_name="demo")
+    engine = load_off_thread(Engine.from_checkpoint, "runs/demo", overflow="error")  # see scheduler.py
+    app = create_app(engine, model_name="demo")
     uvicorn.run(app, host="127.0.0.1", port=8000)
 """
 

@@ -13,16 +13,13 @@ It binds to 127.0.0.1 unless ``--host`` says otherwise. Any OpenAI client works:
 
 from __future__ import annotations
 
-import concurrent.futures
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional, TypeVar
+from typing import Annotated, Optional
 
 import typer
 
 from lmforge.cli_common import console
 from lmforge.infer.cli import CheckpointArgument, DeviceOption, DtypeOption, _fail
-
-T = TypeVar("T")
 
 
 def default_model_name(checkpoint: Path) -> str:
@@ -31,20 +28,6 @@ def default_model_name(checkpoint: Path) -> str:
     if path.name.startswith("step_") and path.parent.name == "checkpoints":
         path = path.parent.parent
     return path.name or "lmforge"
-
-
-def load_off_thread(load: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``load(*args, **kwargs)`` in a thread that exits when it is done.
-
-    PyTorch's CPU ops run on GNU OpenMP, which keeps a pool of worker threads for every thread
-    that ever ran a parallel op. Loading a model can (casting the weights to bf16 does), and
-    the server decodes on its scheduler thread: two pools on a machine with no more cores than
-    one pool's threads make libgomp throttle its spin-waiting, and every parallel op then
-    sleeps and wakes on futexes — decoding measured 2.7x slower on 2 cores. A loading thread
-    that exits takes its pool with it.
-    """
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmforge-load") as pool:
-        return pool.submit(load, *args, **kwargs).result()
 
 
 def serve(
@@ -71,13 +54,14 @@ def serve(
 
     from lmforge.infer.engine import Engine
     from lmforge.serve.app import create_app
+    from lmforge.serve.scheduler import load_off_thread
 
     if max_batch_size < 1 or max_prefill_tokens < 1:
         _fail("--max-batch-size and --max-prefill-tokens must be >= 1")
     try:
         engine = load_off_thread(Engine.from_checkpoint, checkpoint, device=device, dtype=None if dtype == "auto" else dtype,
                                  overflow="error")
-    except (FileNotFoundError, ValueError, OSError) as exc:
+    except (FileNotFoundError, ValueError, OSError, RuntimeError) as exc:  # RuntimeError: e.g. --device cuda without one
         _fail(str(exc))
     name = model_name or default_model_name(engine.checkpoint_dir)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:

@@ -37,8 +37,8 @@ set on the last one), or with an ``Exception`` if the forward pass failed; it mu
 (the server just posts it to its event loop).
 
 On a CPU, keep the scheduler's thread the only long-lived one that runs parallel torch ops:
-load the engine on a thread that exits (``lmforge.serve.cli.load_off_thread``), or the second
-OpenMP pool throttles both and decoding gets several times slower.
+load the engine with ``load_off_thread`` (``engine = load_off_thread(Engine.from_checkpoint,
+ckpt)``), or a second OpenMP pool throttles both and decoding gets several times slower.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
@@ -59,6 +59,35 @@ from lmforge.model.decode import DecodePlan
 from lmforge.model.transformer import KVCache
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def load_off_thread(load: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``load(*args, **kwargs)`` on a thread that exits when it is done; its result or its error.
+
+    PyTorch's Linux CPU builds run their parallel ops on GNU OpenMP, which keeps a pool of
+    worker threads for every thread that ever ran one. Loading a model can (casting the weights
+    to bf16 does), and the server decodes on the scheduler's thread: with two pools and no more
+    cores than one pool's threads, libgomp stops spin-waiting and every parallel op sleeps and
+    wakes on futexes — decoding measured 2.5x slower on 2 cores. A thread that exits takes its
+    pool with it. The loading thread is a daemon and the wait is interruptible: Ctrl-C during a
+    long load exits at once.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = load(*args, **kwargs)
+        except BaseException as exc:  # handed to the caller's thread as is
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="lmforge-load", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome.pop("error")
+    return outcome["value"]
 
 EventCallback = Callable[["StepEvent | Exception"], None]
 
