@@ -37,7 +37,7 @@ from torch import nn
 
 from lmforge.model.moe import MoEFeedForward, SwiGLU
 from lmforge.model.transformer import (Attention, Backbone, DecoderLayer, KVCache, RMSNorm, RotaryEmbedding,
-                                       Transformer, _native_gqa)
+                                       Transformer, _native_gqa, rms_norm)
 
 
 @dataclass(frozen=True)
@@ -119,14 +119,14 @@ class DecodePlan:
         native_gqa = gqa and _native_gqa(x.device, mask)
         extra = {"enable_gqa": True} if native_gqa else {}
         for index, layer in enumerate(self.layers):
-            h = _rms_norm(x, layer.input_norm, eps)
+            h = rms_norm(x, layer.input_norm, eps)
             # [B, 1, heads * d] viewed as [B, heads, 1, d]: with one token, forward's
             # view-then-transpose is this same layout.
             q = F.linear(h, layer.q, layer.q_bias).view(B, H, 1, d)
             k = F.linear(h, layer.k, layer.k_bias).view(B, K, 1, d)
             v = F.linear(h, layer.v, layer.v_bias).view(B, K, 1, d)
             if layer.q_norm is not None:
-                q, k = _rms_norm(q, layer.q_norm, eps), _rms_norm(k, layer.k_norm, eps)
+                q, k = rms_norm(q, layer.q_norm, eps), rms_norm(k, layer.k_norm, eps)
             # Rotate-half RoPE, x·cos + [-x2, x1]·sin, as [x2, x1]·[-sin, sin]: the same products
             # (negation is exact), one roll instead of two slices, a negation and a concatenation.
             q = q * cos + q.roll(d // 2, -1) * sin_signed
@@ -136,22 +136,18 @@ class DecodePlan:
                 k, v = k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1)
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **extra)
             x = x + F.linear(attn.reshape(B, 1, H * d), layer.o, layer.o_bias)
-            h = _rms_norm(x, layer.post_norm, eps)
+            h = rms_norm(x, layer.post_norm, eps)
             if layer.swiglu is not None:
                 gate, gate_bias, up, up_bias, down, down_bias = layer.swiglu
                 x = x + F.linear(F.silu(F.linear(h, gate, gate_bias)) * F.linear(h, up, up_bias), down, down_bias)
             else:
                 x = x + layer.mlp(h)
         kv_cache.length += 1
-        return F.linear(_rms_norm(x, self.final_norm, eps)[:, 0], self.lm_head, self.lm_head_bias)
+        return F.linear(rms_norm(x, self.final_norm, eps)[:, 0], self.lm_head, self.lm_head_bias)
 
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and [-sin, sin] halves, [B, 1, 1, d]: ``RotaryEmbedding.forward``'s operations
-        (without its autocast guard, whose set-up costs more than the rest of this: none of
-        these ops is autocast-eligible anyway)."""
-        freqs = positions[:, None, None, None].float() * self.rotary.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
+        """cos and [-sin, sin] halves, [B, 1, 1, d] (broadcast over heads)."""
+        cos, sin = self.rotary.cos_sin(positions[:, None, None], dtype)
         half = self.head_dim // 2
         return cos, torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
@@ -163,10 +159,3 @@ _REIMPLEMENTED = frozenset({Transformer, Backbone, DecoderLayer, Attention, Rota
 
 def _weights_and_biases(*linears: nn.Linear) -> tuple[torch.Tensor | None, ...]:
     return tuple(t for linear in linears for t in (linear.weight, linear.bias))
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """``RMSNorm.forward`` without the module call: fp32 norm, cast back, then the weight."""
-    if x.dtype is torch.float32:  # both casts would be no-ops (that still cost a call each)
-        return weight * F.rms_norm(x, (x.shape[-1],), eps=eps)
-    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)

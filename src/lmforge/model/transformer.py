@@ -50,7 +50,14 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``RMSNorm``'s computation (the decode step calls it without the module)."""
+    if x.dtype is torch.float32:  # both casts would be no-ops that still cost a call each
+        return weight * F.rms_norm(x, (x.shape[-1],), eps=eps)
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
 class RotaryEmbedding(nn.Module):
@@ -79,9 +86,15 @@ class RotaryEmbedding(nn.Module):
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         # fp32 outer product even under autocast: positions up to 1e5 lose precision in bf16.
         with torch.autocast(device_type=position_ids.device.type, enabled=False):
-            freqs = position_ids[..., None].float() * self.inv_freq
-            emb = torch.cat((freqs, freqs), dim=-1)
-            return emb.cos().to(dtype), emb.sin().to(dtype)
+            return self.cos_sin(position_ids, dtype)
+
+    def cos_sin(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables [..., head_dim] for positions [...], outside ``forward``'s autocast
+        guard (whose set-up costs more than this; none of these ops is autocast-eligible, so
+        callers not under autocast, like the decode step, get the same values without it)."""
+        freqs = position_ids[..., None].float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
