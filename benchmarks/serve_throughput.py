@@ -87,6 +87,7 @@ def single_stream(ckpt: Path, dtype: torch.dtype, new_tokens: int, rounds: int) 
     from transformers import AutoModelForCausalLM
 
     from lmforge.infer import Engine, SamplingConfig
+    from lmforge.model.native import SWITCH
 
     engine = Engine.from_checkpoint(ckpt, device="cpu", dtype=dtype)
     hf = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype).eval()
@@ -96,6 +97,14 @@ def single_stream(ckpt: Path, dtype: torch.dtype, new_tokens: int, rounds: int) 
 
     def run_lmforge():
         return engine.generate([prompt], sampling)[0].token_ids
+
+    def run_lmforge_torch():  # the same engine with the native kernel switched off
+        before = os.environ.get(SWITCH)
+        os.environ[SWITCH] = "0"
+        try:
+            return engine.generate([prompt], sampling)[0].token_ids
+        finally:
+            os.environ.pop(SWITCH) if before is None else os.environ.__setitem__(SWITCH, before)
 
     def run_hf():
         with torch.inference_mode():
@@ -115,11 +124,13 @@ def single_stream(ckpt: Path, dtype: torch.dtype, new_tokens: int, rounds: int) 
                 for w in linears:
                     torch.nn.functional.linear(vectors[w.shape[1]], w)
 
-    run_lmforge(), run_hf(), run_weights_only()  # warm-up: allocator, kernels, HF's lazy imports
-    times = {"lmforge": [], "transformers": [], "weights_only": []}
+    runs = (("lmforge", run_lmforge), ("lmforge_torch", run_lmforge_torch), ("transformers", run_hf), ("weights_only", run_weights_only))
+    for _, fn in runs:
+        fn()  # warm-up: allocator, kernels, the native kernel's build, HF's lazy imports
+    times = {name: [] for name, _ in runs}
     outputs = {}
     for _ in range(rounds):
-        for name, fn in (("lmforge", run_lmforge), ("transformers", run_hf), ("weights_only", run_weights_only)):
+        for name, fn in runs:
             start = time.perf_counter()
             outputs[name] = fn()
             times[name].append(time.perf_counter() - start)
@@ -128,6 +139,7 @@ def single_stream(ckpt: Path, dtype: torch.dtype, new_tokens: int, rounds: int) 
     return {"prompt_tokens": len(prompt), "new_tokens": new_tokens, "rounds": rounds,
             "lmforge_tokens_per_s": new_tokens / med["lmforge"], "transformers_tokens_per_s": new_tokens / med["transformers"],
             "speedup": med["transformers"] / med["lmforge"], "same_tokens": same,
+            "lmforge_torch_tokens_per_s": new_tokens / med["lmforge_torch"], "torch_step_speedup": med["transformers"] / med["lmforge_torch"],
             "weights_only_ms_per_token": med["weights_only"] / new_tokens * 1000,
             "weights_only_ceiling": med["transformers"] / med["weights_only"]}
 
@@ -228,12 +240,14 @@ def main() -> int:
         single = single_stream(ckpt, dtype, args.new_tokens, args.rounds)
         print(f"\nsingle stream, {single['new_tokens']} greedy tokens after a {single['prompt_tokens']}-token prompt "
               f"(median of {single['rounds']} alternating rounds):")
-        print(f"  lmforge Engine.generate      {single['lmforge_tokens_per_s']:8.1f} tokens/s")
-        print(f"  transformers generate        {single['transformers_tokens_per_s']:8.1f} tokens/s")
+        print(f"  lmforge Engine.generate         {single['lmforge_tokens_per_s']:8.1f} tokens/s")
+        print(f"  transformers generate           {single['transformers_tokens_per_s']:8.1f} tokens/s")
         print(f"  speedup {single['speedup']:.2f}x (target >= 2x: {'met' if single['speedup'] >= 2 else 'NOT met'}); "
               f"same tokens: {single['same_tokens']}")
-        print(f"  floor: the matrix-vector products alone take {single['weights_only_ms_per_token']:.2f} ms a token; "
-              f"a decoder adding nothing to them would reach {single['weights_only_ceiling']:.2f}x")
+        print(f"  lmforge, torch ops only         {single['lmforge_torch_tokens_per_s']:8.1f} tokens/s "
+              f"({single['torch_step_speedup']:.2f}x; LMFORGE_NATIVE_DECODE=0, the bitwise path)")
+        print(f"  floor of torch's kernels: F.linear of every weight matrix alone takes {single['weights_only_ms_per_token']:.2f} ms "
+              f"a token; a torch decoder adding nothing to it would reach {single['weights_only_ceiling']:.2f}x")
 
         proc, base = start_server(ckpt, args.dtype, args.threads)
         try:

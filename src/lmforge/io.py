@@ -3,6 +3,8 @@
 - ``write_text_atomic`` / ``write_json_atomic``: write to a temporary file beside the target,
   fsync, then rename, so a reader (or a crash) never sees half a file.
 - ``human``: 1234567 -> "1.23M", for progress lines and tables.
+- ``cache_dir``: where lmforge keeps what it measures or builds once per machine
+  (``$LMFORGE_CACHE_DIR``, else ``$XDG_CACHE_HOME/lmforge``, else ``~/.cache/lmforge``).
 
 Usage::
 
@@ -45,6 +47,13 @@ def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LMFORGE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lmforge"
+    )
+    return Path(root)
 
 
 def write_json_atomic(path: str | os.PathLike, data) -> Path:

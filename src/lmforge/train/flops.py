@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.io import write_text_atomic
+from lmforge.io import cache_dir, write_text_atomic
 
 # Dense bf16/fp16 tensor-core peaks (no sparsity), FLOP/s, by a substring of the device name.
 _GPU_PEAKS = [
@@ -67,10 +67,7 @@ def flops_per_token(cfg, seq_len: int) -> float:
 
 
 def _cache_file() -> Path:
-    root = os.environ.get("LMFORGE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lmforge"
-    )
-    return Path(root) / "peak_flops.json"
+    return cache_dir() / "peak_flops.json"
 
 
 def cpu_name() -> str:
