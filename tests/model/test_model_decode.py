@@ -1,5 +1,6 @@
 """DecodePlan.step against Transformer.forward: bitwise-equal logits and caches, and refusal
-wherever it could not be equal (training mode, adapters, hooks, subclasses)."""
+wherever it could not be equal (training mode, adapters, hooks, subclasses). The torch step
+only (``native=False``): the native kernel, equal to fp32 rounding, has test_model_native.py."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def _clone(cache):
 @pytest.mark.parametrize("arch_name,overrides", MHA_AND_GQA, ids=[a + ("-mha" if o else "") for a, o in MHA_AND_GQA])
 def test_step_equals_forward_bitwise_on_a_padded_batch(arch_name, overrides, dtype, make_config, randomize):
     model = _model(make_config, randomize, arch_name, dtype, **overrides)
-    plan = DecodePlan.of(model)
+    plan = DecodePlan.of(model, native=False)
     assert plan is not None
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(1, 96, (n,), generator=gen).tolist() for n in (7, 3, 5)]
@@ -65,7 +66,7 @@ def test_step_equals_forward_bitwise_on_a_padded_batch(arch_name, overrides, dty
 
 def test_step_without_a_mask_equals_the_unpadded_forward(make_config, randomize):
     model = _model(make_config, randomize, "Qwen3ForCausalLM")
-    plan = DecodePlan.of(model)
+    plan = DecodePlan.of(model, native=False)
     with torch.inference_mode():
         cache = model.new_kv_cache(2, 16)
         model(torch.tensor([[3, 4, 5, 6], [7, 8, 9, 10]]), kv_cache=cache)
@@ -79,7 +80,7 @@ def test_step_writes_the_servers_slot_cache_at_each_rows_own_position(make_confi
     from lmforge.serve.scheduler import SlotKVCache
 
     model = _model(make_config, randomize, "Qwen2MoeForCausalLM")
-    plan = DecodePlan.of(model)
+    plan = DecodePlan.of(model, native=False)
     lengths = torch.tensor([5, 2])  # slot 0 holds 5 tokens, slot 1 holds 2
     with torch.inference_mode():
         cache = SlotKVCache(model.config, 2, 16, torch.float32, "cpu")
@@ -140,7 +141,7 @@ def test_biases_anywhere_are_applied(make_config, randomize):
         model.lm_head = torch.nn.Linear(32, 96, bias=True)
         model.model.layers[0].self_attn.o_proj = torch.nn.Linear(32, 32, bias=True)
         model.model.layers[1].mlp.down_proj = torch.nn.Linear(48, 32, bias=True)
-    plan = DecodePlan.of(model)
+    plan = DecodePlan.of(model, native=False)
     with torch.inference_mode():
         cache = model.new_kv_cache(1, 8)
         model(torch.tensor([[3, 4, 5]]), kv_cache=cache)
@@ -165,7 +166,7 @@ def test_step_equals_forward_when_kv_heads_are_copied(arch_name, make_config, ra
         key_mask[:, 4] = True
         expected = model(torch.tensor([[11], [12]]), position_ids=positions[:, None], kv_cache=cache,
                          attention_mask=key_mask[:, :5]).logits[:, -1]
-        got = DecodePlan.of(model).step(torch.tensor([11, 12]), positions, mirror, key_mask[:, None, None, :5])
+        got = DecodePlan.of(model, native=False).step(torch.tensor([11, 12]), positions, mirror, key_mask[:, None, None, :5])
     assert torch.equal(got, expected)
 
 
@@ -180,7 +181,7 @@ def test_the_engine_decodes_loaded_checkpoints_through_a_plan(make_config, rando
     monkeypatch.setattr(DecodePlan, "step", lambda self, *a: steps.append(1) or real(self, *a))
     fast = engine.generate([[1, 2, 3], [4]], SamplingConfig(max_new_tokens=6, temperature=0, ignore_eos=True))
     assert len(steps) == 5  # every token after the prefill's
-    monkeypatch.setattr(DecodePlan, "of", classmethod(lambda cls, model: None))
+    monkeypatch.setattr(DecodePlan, "of", classmethod(lambda cls, model, native=True: None))
     slow = engine.generate([[1, 2, 3], [4]], SamplingConfig(max_new_tokens=6, temperature=0, ignore_eos=True))
     assert [r.token_ids for r in fast] == [r.token_ids for r in slow]
 
@@ -195,7 +196,7 @@ def test_no_plan_for_peft_adapters(make_config, randomize):
 def test_step_equals_forward_under_bf16_autocast(make_config, randomize):
     """An evaluation hook may decode an fp32 training model inside the trainer's autocast."""
     model = _model(make_config, randomize, "Qwen3ForCausalLM")
-    plan = DecodePlan.of(model)
+    plan = DecodePlan.of(model, native=False)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         cache = model.new_kv_cache(1, 8)
         model(torch.tensor([[3, 4, 5]]), kv_cache=cache)

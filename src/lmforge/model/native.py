@@ -206,6 +206,8 @@ class NativeDecoder:
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, kv_cache, mask: torch.Tensor | None) -> torch.Tensor | None:
         """Logits [B, V] as ``DecodePlan.step`` returns them (and the cache advanced), or None
         (nothing touched) where this call is not one the kernel covers."""
+        if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
+            return None  # autograd needs torch ops; under autocast forward rounds to bf16 where this would not
         B = tokens.shape[0]
         k_cache, v_cache = kv_cache.k, kv_cache.v
         if B > self.MAX_BATCH or k_cache.dtype is not torch.float32 or v_cache.dtype is not torch.float32:
