@@ -11,6 +11,7 @@ import torch
 
 from lmforge.infer import Engine, SamplingConfig
 from lmforge.serve.scheduler import Scheduler
+from serve_helpers import slowed
 
 TEXTS = ["Hello world", "你好，世界。今天", "def add(a, b):", "The quick brown fox jumps over", "Once"]
 
@@ -55,7 +56,9 @@ def test_concurrent_requests_match_the_engine_alone(kind, request, scheduler_for
     configs.append(SamplingConfig(max_new_tokens=25, temperature=0.9, top_p=0.9, top_k=50, seed=3, repetition_penalty=1.3, ignore_eos=True))
     expected = [engine.generate([p], c)[0] for p, c in zip(prompts, configs)]
 
-    scheduler = scheduler_for(engine, max_batch_size=3)  # fewer slots than requests: some wait
+    # 2 ms a step at least: requests submitted 5 ms apart then overlap however fast the machine
+    # decodes (unslowed, a 5-token request may finish before the next one arrives).
+    scheduler = scheduler_for(slowed(engine, 0.002), max_batch_size=3)  # fewer slots than requests: some wait
     got = _run_concurrently(scheduler, prompts, configs)
     for want, have in zip(expected, got):
         assert have.token_ids == want.token_ids

@@ -5,7 +5,9 @@ One ``Engine(model, tokenizer)`` does all decoding for lmforge:
 - **prefill once, then one token per step** through the model's preallocated KV cache; the
   prefill asks the model for the last position's logits only, and each step runs through
   ``lmforge.model.decode.DecodePlan`` (the forward for one token, bitwise the same, without the
-  per-module Python that costs as much as the matrix products in a small model);
+  per-module Python that costs as much as the matrix products in a small model; a dense fp32
+  model on the CPU goes further, to the native C step of ``model/native.py``, equal to fp32
+  rounding; ``LMFORGE_NATIVE_DECODE=0`` keeps the bitwise path);
 - **batches of prompts of different lengths**: prompts are left-padded, each row keeps its own
   RoPE positions (explicit ``position_ids``) and a key mask hides the padding, so every row
   computes what it would compute alone; rows that finish leave the batch (the KV cache, masks
@@ -460,9 +462,9 @@ class Engine:
         """Logits [B, V] for one new token per row: ``tokens`` and ``positions`` (RoPE) are [B],
         ``mask`` a [B, 1, 1, S] bool key mask over the cache including this token, or None.
 
-        Through ``plan`` (``DecodePlan.of(model)``, built once per generation loop: bitwise the
-        same logits as the model's forward, without its per-module Python) where there is one,
-        else through the forward itself.
+        Through ``plan`` (``DecodePlan.of(model)``, built once per generation loop: the model's
+        forward without its per-module Python, or the native CPU step) where there is one, else
+        through the forward itself.
         """
         with self._sdpa_backends() if tokens.device.type == "cuda" else contextlib.nullcontext():
             if plan is not None:

@@ -31,7 +31,9 @@ import contextlib
 import hmac
 import json
 import logging
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -69,6 +71,45 @@ class _Prepared:
         return sum(len(ids) for ids in self.prompts[:: self.n])
 
 
+class _Mailbox:
+    """Hands scheduler-thread items to one event loop's queues with at most one wake-up pending.
+
+    A decode step produces one event per active request; waking the loop once per event (a
+    ``call_soon_threadsafe`` each, a write to its self-pipe) cost the scheduler thread a fifth
+    of its time at 8 clients. Items posted while a wake-up is pending ride along with it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._items: list[tuple[asyncio.Queue, Any]] = []
+
+    def post(self, queue: asyncio.Queue, item: Any) -> None:
+        with self._lock:
+            self._items.append((queue, item))
+            if len(self._items) > 1:
+                return  # the wake-up scheduled for the first item delivers this one too
+        self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
+_mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = weakref.WeakKeyDictionary()
+_mailboxes_lock = threading.Lock()
+
+
+def _mailbox(loop: asyncio.AbstractEventLoop) -> _Mailbox:
+    with _mailboxes_lock:
+        box = _mailboxes.get(loop)
+        if box is None:
+            box = _mailboxes[loop] = _Mailbox(loop)
+        return box
+
+
 class _Events:
     """Bridges scheduler-thread events into this request's asyncio queue, tagged by choice.
 
@@ -78,7 +119,7 @@ class _Events:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, final_only: bool = False) -> None:
-        self.loop = loop
+        self.mailbox = _mailbox(loop)
         self.final_only = final_only
         self.queue: asyncio.Queue[tuple[int, StepEvent | Exception]] = asyncio.Queue()
 
@@ -86,7 +127,7 @@ class _Events:
         def on_event(event):
             if self.final_only and not isinstance(event, Exception) and event.finish_reason is None:
                 return
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (choice, event))
+            self.mailbox.post(self.queue, (choice, event))
 
         return on_event
 
