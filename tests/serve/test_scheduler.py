@@ -180,3 +180,35 @@ def test_the_cache_grows_with_the_batch_and_the_longest_request(engine, schedule
     cache = scheduler._cache
     assert cache.slots <= 16 and cache.max_len <= engine.max_context
     assert cache.k.dtype == torch.float32
+
+
+def test_events_of_one_step_wake_the_event_loop_once():
+    """The server's bridge (app._Mailbox): items posted from another thread while a wake-up is
+    pending ride along with it, and every item still reaches its own queue, in order."""
+    import asyncio
+
+    from lmforge.serve.app import _mailbox
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        box = _mailbox(loop)
+        assert _mailbox(loop) is box, "one mailbox per loop"
+        wakeups = []
+        real = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda fn, *a: (fn == box._drain and wakeups.append(1)) or real(fn, *a)
+        queues = [asyncio.Queue() for _ in range(8)]
+
+        def one_step(step):  # as the scheduler thread does: an event per active request
+            for i, q in enumerate(queues):
+                box.post(q, (step, i))
+
+        for step in range(3):
+            await asyncio.to_thread(one_step, step)
+            await asyncio.sleep(0)
+        got = [[await asyncio.wait_for(q.get(), 5) for _ in range(3)] for q in queues]
+        loop.call_soon_threadsafe = real
+        return wakeups, got
+
+    wakeups, got = asyncio.run(main())
+    assert got == [[(step, i) for step in range(3)] for i in range(8)]
+    assert len(wakeups) == 3, "one wake-up per step of 8 events"
