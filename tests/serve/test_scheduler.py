@@ -203,7 +203,10 @@ def test_events_of_one_step_wake_the_event_loop_once():
                 box.post(q, (step, i))
 
         for step in range(3):
-            await asyncio.to_thread(one_step, step)
+            # Joined while the loop is blocked, so nothing drains mid-step: deterministic counts.
+            poster = threading.Thread(target=one_step, args=(step,))
+            poster.start()
+            poster.join()
             await asyncio.sleep(0)
         got = [[await asyncio.wait_for(q.get(), 5) for _ in range(3)] for q in queues]
         loop.call_soon_threadsafe = real
