@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from lmforge.model import ModelConfig, Transformer
+from lmforge.model import KVCache, ModelConfig, Transformer
 from lmforge.model import native
 from lmforge.model.decode import DecodePlan
 
@@ -80,6 +80,40 @@ def test_native_step_equals_forward_on_a_padded_batch(arch_name, overrides, make
     assert len(steps) == 6
 
 
+@pytest.mark.parametrize("arch_name", DENSE)
+def test_bf16_native_step_is_closer_to_fp32_than_torchs_bf16_step(arch_name, make_config, randomize):
+    """bf16 weights and cache, fp32 activations: against the fp32 forward of the very same weights
+    and cached values, the native step errs only by rounding the new key/value and the logits,
+    while torch's bf16 step rounds after every op."""
+    model = _model(make_config, randomize, arch_name).to(torch.bfloat16)
+    reference = _model(make_config, randomize, arch_name).to(torch.bfloat16).float()  # the same bf16 values, in fp32
+    plan, torch_plan = DecodePlan.of(model), DecodePlan.of(model, native=False)
+    assert plan.native is not None and plan.native.dtype is torch.bfloat16
+    B, total, past = 3, 16, 9
+    gen = torch.Generator().manual_seed(3)
+    with torch.inference_mode():
+        cache = model.new_kv_cache(B, total)
+        cache.k.copy_(torch.randn(cache.k.shape, generator=gen))
+        cache.v.copy_(torch.randn(cache.v.shape, generator=gen))
+        cache.length = past
+        by_torch, by_fp32 = _clone(cache), reference.new_kv_cache(B, total)
+        by_fp32.k.copy_(cache.k.float()), by_fp32.v.copy_(cache.v.float())
+        by_fp32.length = past
+        tokens, positions = torch.tensor([5, 17, 42]), torch.tensor([9, 4, 7])
+        key_mask = torch.ones(B, past + 1, dtype=torch.bool)
+        key_mask[1, :5] = False  # a left-padded row
+        mask = key_mask[:, None, None, :]
+        expected = reference(tokens[:, None], position_ids=positions[:, None], kv_cache=by_fp32, attention_mask=key_mask).logits[:, -1]
+        got = plan.native.step(tokens, positions, cache, mask)
+        torch_step = torch_plan.step(tokens, positions, by_torch, mask)
+    assert got.dtype is torch.bfloat16 and cache.length == past + 1
+    native_error, torch_error = (got.float() - expected).abs().max(), (torch_step.float() - expected).abs().max()
+    assert native_error <= 0.02 * expected.abs().max()
+    assert native_error <= torch_error
+    torch.testing.assert_close(cache.k[:, :, :, past].float(), by_fp32.k[:, :, :, past], rtol=1e-2, atol=1e-2)
+    assert torch.equal(cache.k[:, :, :, :past], by_torch.k[:, :, :, :past]), "the cached past is untouched"
+
+
 def test_native_step_writes_the_servers_slot_cache_at_each_rows_own_position(make_config, randomize):
     from lmforge.serve.scheduler import SlotKVCache
 
@@ -145,7 +179,7 @@ def test_cases_the_kernel_leaves_to_torch(make_config, randomize, monkeypatch):
     assert DecodePlan.of(dense).native is not None
     assert DecodePlan.of(dense, native=False).native is None
     assert DecodePlan.of(_model(make_config, randomize, "Qwen3MoeForCausalLM")).native is None, "MoE"
-    assert DecodePlan.of(_model(make_config, randomize, "LlamaForCausalLM").to(torch.bfloat16)).native is None, "bf16"
+    assert DecodePlan.of(_model(make_config, randomize, "LlamaForCausalLM").to(torch.float16)).native is None, "fp16"
     monkeypatch.setenv(native.SWITCH, "0")
     assert DecodePlan.of(dense).native is None, "switched off"
     monkeypatch.delenv(native.SWITCH)
@@ -153,10 +187,10 @@ def test_cases_the_kernel_leaves_to_torch(make_config, randomize, monkeypatch):
     plan = DecodePlan.of(dense)
     tokens, positions = torch.tensor([5]), torch.tensor([0])
     with torch.inference_mode():
-        assert plan.native.step(tokens, positions, dense.new_kv_cache(1, 8, dtype=torch.bfloat16), None) is None, "bf16 cache"
+        assert plan.native.step(tokens, positions, dense.new_kv_cache(1, 8, dtype=torch.bfloat16), None) is None, "a bf16 cache for fp32 weights"
         float_mask = torch.zeros(1, 1, 1, 1)
         assert plan.native.step(tokens, positions, dense.new_kv_cache(1, 8), float_mask) is None, "additive float mask"
-        many = native.NativeDecoder.MAX_BATCH + 1
+        many = plan.native.max_batch + 1
         big = dense.new_kv_cache(many, 8)
         assert plan.native.step(torch.full((many,), 5), torch.zeros(many, dtype=torch.long), big, None) is None
         assert big.length == 0, "nothing touched"
@@ -164,12 +198,45 @@ def test_cases_the_kernel_leaves_to_torch(make_config, randomize, monkeypatch):
         assert got.shape == (many, 96) and big.length == 1
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert plan.native.step(tokens, positions, dense.new_kv_cache(1, 8), None) is None, "autocast rounds to bf16"
+        class RoundingCache(KVCache):  # an update() the kernel would skip
+            def update(self, layer, k, v):
+                return super().update(layer, k.half().float(), v.half().float())
+
+        rounding = RoundingCache(dense.config, 1, 8, torch.float32, "cpu")
+        assert plan.native.step(tokens, positions, rounding, None) is None, "a KVCache subclass"
+        assert plan.native.step(tokens, positions.float(), dense.new_kv_cache(1, 8), None) is None, "a float position"
+        elsewhere = dense.new_kv_cache(1, 8)
+        elsewhere.v = elsewhere.v.to("meta")
+        assert plan.native.step(tokens, positions, elsewhere, None) is None, "values on another device"
+    dense.to("cpu")  # moves nothing, though the rotary module recomputes its table
+    with torch.inference_mode():
+        assert plan.native.step(tokens, positions, dense.new_kv_cache(1, 8), None) is not None
     with torch.no_grad():
+        square = dense.model.layers[0].self_attn.o_proj.weight
+        square.data = square.data.t()  # same storage, another layout
+        assert plan.native.step(tokens, positions, dense.new_kv_cache(1, 8), None) is None, "a transposed weight"
         for p in dense.parameters():
             p.data = p.data.clone()  # storage swapped, as model.to() does: the addresses are stale
         assert plan.native.step(tokens, positions, dense.new_kv_cache(1, 8), None) is None
         assert plan.step(tokens, positions, dense.new_kv_cache(1, 8), None).shape == (1, 96)
     assert plan.native.step(tokens, positions, dense.new_kv_cache(1, 8), None) is None, "grad mode: autograd needs torch ops"
+
+
+def test_biases_on_some_layers_only(make_config, randomize):
+    model = _model(make_config, randomize, "LlamaForCausalLM", tie_embeddings=False)
+    with torch.no_grad():
+        model.lm_head = torch.nn.Linear(32, 96, bias=True)
+        model.model.layers[0].self_attn.o_proj = torch.nn.Linear(32, 32, bias=True)
+        model.model.layers[1].mlp.down_proj = torch.nn.Linear(48, 32, bias=True)
+        model.model.layers[1].mlp.up_proj = torch.nn.Linear(32, 48, bias=True)
+    plan = DecodePlan.of(model)
+    with torch.inference_mode():
+        cache = model.new_kv_cache(1, 8)
+        model(torch.tensor([[3, 4, 5]]), kv_cache=cache)
+        mirror = _clone(cache)
+        expected = model(torch.tensor([[6]]), kv_cache=cache).logits[:, -1]
+        got = plan.native.step(torch.tensor([6]), torch.tensor([3]), mirror, None)
+    torch.testing.assert_close(got, expected, **TOL)
 
 
 def test_bad_tokens_and_a_full_cache_are_errors(make_config, randomize):
@@ -185,7 +252,7 @@ def test_bad_tokens_and_a_full_cache_are_errors(make_config, randomize):
 
 
 def test_no_compiler_means_a_warning_and_the_torch_step(make_config, randomize, monkeypatch, tmp_path):
-    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_libraries", {})
     monkeypatch.setattr(native, "_unavailable", None)
     monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", "no-such-compiler")
@@ -213,7 +280,7 @@ def test_the_kernel_runs_on_torchs_openmp_pool():
     sleep and wake instead of spinning (see serve.scheduler.load_off_thread)."""
     script = textwrap.dedent("""
         import os, torch
-        from lmforge.model import ModelConfig, Transformer
+        from lmforge.model import KVCache, ModelConfig, Transformer
         from lmforge.model.decode import DecodePlan
         from lmforge.model import native
         torch.set_num_threads(2)

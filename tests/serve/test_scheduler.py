@@ -215,3 +215,17 @@ def test_events_of_one_step_wake_the_event_loop_once():
     wakeups, got = asyncio.run(main())
     assert got == [[(step, i) for step in range(3)] for i in range(8)]
     assert len(wakeups) == 3, "one wake-up per step of 8 events"
+
+
+def test_a_closed_loop_fails_its_posts_without_blocking_later_ones():
+    import asyncio
+
+    from lmforge.serve.app import _Mailbox
+
+    loop = asyncio.new_event_loop()
+    box = _Mailbox(loop)
+    queue = asyncio.Queue()
+    loop.close()
+    for _ in range(2):  # the second post must try (and fail) too, not wait on the first's wake-up
+        with pytest.raises(RuntimeError):
+            box.post(queue, "event")

@@ -1,4 +1,4 @@
-/* lmforge's native CPU decode step: one new token per row through a dense fp32 decoder.
+/* lmforge's native CPU decode step: one new token per row through a dense fp32 or bf16 decoder.
  *
  * The same computation as DecodePlan.step (decode.py) for the layouts it covers -- pre-norm
  * RMSNorm, optional QK-norm, rotate-half RoPE, grouped-query attention over a KV cache, SwiGLU,
@@ -8,9 +8,12 @@
  * a barrier instead (well under a microsecond). The matrix-vector products stream each weight row
  * once for all B rows, with 16-wide accumulators the compiler vectorizes (-O3 -march=native).
  *
- * Not bitwise equal to torch (summation order differs); native.py's tests hold it to fp32
- * rounding (relative 1e-5 on logits). Built and loaded by native.py; linked against the libgomp
- * torch already loaded, so it shares torch's thread pool rather than starting a second one.
+ * Built twice by native.py: for fp32 weights and cache, and with -DLMF_BF16 for bf16 ones. Either
+ * way activations and sums stay fp32 (torch's bf16 forward rounds them to bf16 after every op), so
+ * the bf16 build is closer to an fp32 forward than torch's bf16 step is. Not bitwise equal to
+ * torch (summation order differs); native.py's tests hold the fp32 build to fp32 rounding.
+ * Linked against the libgomp torch already loaded, so it shares torch's thread pool rather than
+ * starting a second one.
  */
 #include <math.h>
 #include <stdint.h>
@@ -18,15 +21,24 @@
 #include <string.h>
 #include <omp.h>
 
+/* The weights' (and the KV cache's) element type: fp32, or bf16 bits when built with -DLMF_BF16.
+ * Activations and accumulators are fp32 either way. */
+#ifdef LMF_BF16
+typedef uint16_t W;
+#else
+typedef float W;
+#endif
+
 typedef struct {
-    const float *input_norm, *q, *q_bias, *k, *k_bias, *v, *v_bias, *o, *o_bias, *q_norm, *k_norm, *post_norm;
-    const float *gate, *gate_bias, *up, *up_bias, *down, *down_bias;
+    const W *input_norm, *q, *q_bias, *k, *k_bias, *v, *v_bias, *o, *o_bias, *q_norm, *k_norm, *post_norm;
+    const W *gate, *gate_bias, *up, *up_bias, *down, *down_bias;
 } Layer;
 
 typedef struct {
     int64_t n_layers, d_model, n_heads, n_kv_heads, head_dim, ffn_hidden, vocab_size;
     double eps;
-    const float *embed, *final_norm, *lm_head, *lm_head_bias, *inv_freq;
+    const W *embed, *final_norm, *lm_head, *lm_head_bias;
+    const float *inv_freq;
     const Layer *layers;
 } Model;
 
@@ -38,7 +50,8 @@ typedef struct {
     int64_t batch, length, slots, max_len, mask_stride, threads;
     const int64_t *tokens, *positions, *write_pos;
     const uint8_t *mask;
-    float *k_cache, *v_cache, *logits;
+    W *k_cache, *v_cache;
+    float *logits;
 } Step;
 
 /* 16 floats as one value: GCC and Clang map it onto whatever vectors the CPU has (one AVX-512
@@ -47,6 +60,27 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
 #define LANES 16
 
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
+
+/* wvec: 16 weights as fp32 lanes; wget / wput: one element to and from fp32. bf16 is the top half
+ * of an fp32, so widening is a shift; narrowing rounds to nearest even, as torch does. */
+#ifdef LMF_BF16
+typedef uint16_t h16 __attribute__((vector_size(32), aligned(2)));
+typedef uint32_t u16 __attribute__((vector_size(64), aligned(4)));
+static inline v16 wvec(const W *p) { return (v16)(__builtin_convertvector(*(const h16 *)p, u16) << 16); }
+static inline float wget(const W *p) {
+    union { uint32_t u; float f; } c = {(uint32_t)*p << 16};
+    return c.f;
+}
+static inline W wput(float f) {
+    union { float f; uint32_t u; } c = {f};
+    if ((c.u & 0x7fffffffu) > 0x7f800000u) return (W)((c.u >> 16) | 0x40);  /* NaN stays NaN */
+    return (W)((c.u + 0x7fffu + ((c.u >> 16) & 1u)) >> 16);
+}
+#else
+static inline v16 wvec(const W *p) { return *(const v16 *)p; }
+static inline float wget(const W *p) { return *p; }
+static inline W wput(float f) { return f; }
+#endif
 typedef float v4 __attribute__((vector_size(16), aligned(4)));
 
 /* The sum of the 16 lanes as a tree (halves added to halves): a serial loop over the lanes would
@@ -68,73 +102,84 @@ static inline float dot(const float *a, const float *b, int64_t n) {
     return s;
 }
 
+/* The same with b in the weights' type (a cached key). */
+static inline float dotw(const float *a, const W *b, int64_t n) {
+    v16 acc = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES) acc += *(const v16 *)(a + i) * wvec(b + i);
+    float s = hsum(acc);
+    for (; i < n; i++) s += a[i] * wget(b + i);
+    return s;
+}
+
 /* out[r] = dot(w_r, x) for the four rows w0..w3 (some may repeat; the caller keeps only `rows`). */
-static inline void dot4(const float *w0, const float *w1, const float *w2, const float *w3, const float *x, int64_t K, float *out) {
+static inline void dot4(const W *w0, const W *w1, const W *w2, const W *w3, const float *x, int64_t K, float *out) {
     v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     int64_t k = 0;
     for (; k + LANES <= K; k += LANES) {
         v16 xv = *(const v16 *)(x + k);
-        a0 += *(const v16 *)(w0 + k) * xv;
-        a1 += *(const v16 *)(w1 + k) * xv;
-        a2 += *(const v16 *)(w2 + k) * xv;
-        a3 += *(const v16 *)(w3 + k) * xv;
+        a0 += wvec(w0 + k) * xv;
+        a1 += wvec(w1 + k) * xv;
+        a2 += wvec(w2 + k) * xv;
+        a3 += wvec(w3 + k) * xv;
     }
     float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
     for (; k < K; k++) {
-        s0 += w0[k] * x[k]; s1 += w1[k] * x[k]; s2 += w2[k] * x[k]; s3 += w3[k] * x[k];
+        s0 += wget(w0 + k) * x[k]; s1 += wget(w1 + k) * x[k]; s2 += wget(w2 + k) * x[k]; s3 += wget(w3 + k) * x[k];
     }
     out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
 }
 
 /* dot4 for two vectors at once: each weight load feeds two products, and eight independent
  * accumulators keep both FMA units busy (four would wait on each other's latency). */
-static inline void dot4x2(const float *w0, const float *w1, const float *w2, const float *w3, const float *x, const float *z, int64_t K,
+static inline void dot4x2(const W *w0, const W *w1, const W *w2, const W *w3, const float *x, const float *z, int64_t K,
                           float *out_x, float *out_z) {
     v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
     int64_t k = 0;
     for (; k + LANES <= K; k += LANES) {
         v16 xv = *(const v16 *)(x + k), zv = *(const v16 *)(z + k);
-        v16 r0 = *(const v16 *)(w0 + k), r1 = *(const v16 *)(w1 + k), r2 = *(const v16 *)(w2 + k), r3 = *(const v16 *)(w3 + k);
+        v16 r0 = wvec(w0 + k), r1 = wvec(w1 + k), r2 = wvec(w2 + k), r3 = wvec(w3 + k);
         a0 += r0 * xv; a1 += r1 * xv; a2 += r2 * xv; a3 += r3 * xv;
         c0 += r0 * zv; c1 += r1 * zv; c2 += r2 * zv; c3 += r3 * zv;
     }
     float s[8] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3), hsum(c0), hsum(c1), hsum(c2), hsum(c3)};
     for (; k < K; k++) {
-        s[0] += w0[k] * x[k]; s[1] += w1[k] * x[k]; s[2] += w2[k] * x[k]; s[3] += w3[k] * x[k];
-        s[4] += w0[k] * z[k]; s[5] += w1[k] * z[k]; s[6] += w2[k] * z[k]; s[7] += w3[k] * z[k];
+        float r0 = wget(w0 + k), r1 = wget(w1 + k), r2 = wget(w2 + k), r3 = wget(w3 + k);
+        s[0] += r0 * x[k]; s[1] += r1 * x[k]; s[2] += r2 * x[k]; s[3] += r3 * x[k];
+        s[4] += r0 * z[k]; s[5] += r1 * z[k]; s[6] += r2 * z[k]; s[7] += r3 * z[k];
     }
     memcpy(out_x, s, 4 * sizeof(float));
     memcpy(out_z, s + 4, 4 * sizeof(float));
 }
 
-#define MAX_BATCH 64  /* rows per step; native.py sends at most NativeDecoder.MAX_BATCH */
+#define MAX_BATCH 64  /* rows per step; native.py sends at most NativeDecoder.MAX_BATCH (<= 64) */
 
 /* The rows [n0, n0 + rows) of W [N, K] (rows <= 4) times each x[b] (b < B, rows ldx apart):
  * out[b * 4 + r] = W[n0 + r] . x[b] + bias[n0 + r]. The four weight rows stay in L1 across b. */
-static inline void block4(const float *W, const float *bias, int64_t n0, int64_t rows, int64_t K, const float *x, int64_t ldx, int64_t B,
+static inline void block4(const W *weight, const W *bias, int64_t n0, int64_t rows, int64_t K, const float *x, int64_t ldx, int64_t B,
                           float *out) {
-    const float *w0 = W + n0 * K;
-    const float *w1 = rows > 1 ? w0 + K : w0, *w2 = rows > 2 ? w0 + 2 * K : w0, *w3 = rows > 3 ? w0 + 3 * K : w0;
+    const W *w0 = weight + n0 * K;
+    const W *w1 = rows > 1 ? w0 + K : w0, *w2 = rows > 2 ? w0 + 2 * K : w0, *w3 = rows > 3 ? w0 + 3 * K : w0;
     int64_t b = 0;
     for (; b + 2 <= B; b += 2) dot4x2(w0, w1, w2, w3, x + b * ldx, x + (b + 1) * ldx, K, out + b * 4, out + (b + 1) * 4);
     if (b < B) dot4(w0, w1, w2, w3, x + b * ldx, K, out + b * 4);
     if (bias)
         for (b = 0; b < B; b++)
-            for (int64_t r = 0; r < rows; r++) out[b * 4 + r] += bias[n0 + r];
+            for (int64_t r = 0; r < rows; r++) out[b * 4 + r] += wget(bias + n0 + r);
 }
 
 enum Epilogue { STORE, ADD };  /* y = W x + b, or y += W x + b (a residual connection) */
 
 /* y[b, n] (= or +=) W[n] . x[b] + bias[n] for b < B; inside the parallel region, rows split
  * across the threads, an implicit barrier at the end. */
-static void matvec(const float *W, const float *bias, int64_t N, int64_t K, const float *x, int64_t ldx, float *y, int64_t ldy,
+static void matvec(const W *weight, const W *bias, int64_t N, int64_t K, const float *x, int64_t ldx, float *y, int64_t ldy,
                    int64_t B, enum Epilogue epilogue) {
     int64_t blocks = (N + 3) / 4;
     #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < blocks; blk++) {
         int64_t n0 = blk * 4, rows = N - n0 < 4 ? N - n0 : 4;
         float out[4 * MAX_BATCH];
-        block4(W, bias, n0, rows, K, x, ldx, B, out);
+        block4(weight, bias, n0, rows, K, x, ldx, B, out);
         for (int64_t b = 0; b < B; b++) {
             float *yb = y + b * ldy + n0;
             for (int64_t r = 0; r < rows; r++) yb[r] = epilogue == ADD ? yb[r] + out[b * 4 + r] : out[b * 4 + r];
@@ -143,10 +188,10 @@ static void matvec(const float *W, const float *bias, int64_t N, int64_t K, cons
 }
 
 /* h[b] = weight * x[b] / rms(x[b]) for rows of length D (torch's F.rms_norm, then the weight). */
-static void rms_norm_row(const float *x, const float *weight, int64_t D, double eps, float *h) {
+static void rms_norm_row(const float *x, const W *weight, int64_t D, double eps, float *h) {
     float ss = dot(x, x, D);
     float inv = 1.0f / sqrtf(ss / (float)D + (float)eps);
-    for (int64_t i = 0; i < D; i++) h[i] = weight[i] * (x[i] * inv);
+    for (int64_t i = 0; i < D; i++) h[i] = wget(weight + i) * (x[i] * inv);
 }
 
 /* Rotate-half RoPE on one head: x·cos + [-x2, x1]·sin. */
@@ -180,7 +225,8 @@ int lmf_decode_step(const Model *m, const Step *s) {
     {
         #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) {
-            memcpy(x + b * D, m->embed + s->tokens[b] * D, D * sizeof(float));
+            const W *row = m->embed + s->tokens[b] * D;
+            for (int64_t i = 0; i < D; i++) x[b * D + i] = wget(row + i);
             float pos = (float)s->positions[b];
             for (int64_t i = 0; i < half; i++) {
                 float freq = pos * m->inv_freq[i];
@@ -190,20 +236,20 @@ int lmf_decode_step(const Model *m, const Step *s) {
         }
         for (int64_t l = 0; l < m->n_layers; l++) {
             const Layer *L = &m->layers[l];
-            float *kc = s->k_cache + l * layer_stride, *vc = s->v_cache + l * layer_stride;
+            W *kc = s->k_cache + l * layer_stride, *vc = s->v_cache + l * layer_stride;
             #pragma omp for schedule(static)
             for (int64_t b = 0; b < B; b++) rms_norm_row(x + b * D, L->input_norm, D, m->eps, h + b * D);
             /* q, k and v rows as one range split across the threads: one barrier, not three. */
             int64_t qb = (H * d + 3) / 4, kb = (KV * d + 3) / 4;
             #pragma omp for schedule(static)
             for (int64_t blk = 0; blk < qb + 2 * kb; blk++) {
-                const float *W, *bias; float *y; int64_t N, n0, ldy;
-                if (blk < qb) { W = L->q; bias = L->q_bias; y = q; N = H * d; n0 = blk * 4; ldy = H * d; }
-                else if (blk < qb + kb) { W = L->k; bias = L->k_bias; y = kn; N = KV * d; n0 = (blk - qb) * 4; ldy = KV * d; }
-                else { W = L->v; bias = L->v_bias; y = vn; N = KV * d; n0 = (blk - qb - kb) * 4; ldy = KV * d; }
+                const W *weight, *bias; float *y; int64_t N, n0, ldy;
+                if (blk < qb) { weight = L->q; bias = L->q_bias; y = q; N = H * d; n0 = blk * 4; ldy = H * d; }
+                else if (blk < qb + kb) { weight = L->k; bias = L->k_bias; y = kn; N = KV * d; n0 = (blk - qb) * 4; ldy = KV * d; }
+                else { weight = L->v; bias = L->v_bias; y = vn; N = KV * d; n0 = (blk - qb - kb) * 4; ldy = KV * d; }
                 int64_t rows = N - n0 < 4 ? N - n0 : 4;
                 float out[4 * MAX_BATCH];
-                block4(W, bias, n0, rows, D, h, D, B, out);
+                block4(weight, bias, n0, rows, D, h, D, B, out);
                 for (int64_t b = 0; b < B; b++) memcpy(y + b * ldy + n0, out + b * 4, rows * sizeof(float));
             }
             /* QK-norm, RoPE and the cache write, one (row, kv head) at a time with its query heads. */
@@ -221,8 +267,11 @@ int lmf_decode_step(const Model *m, const Step *s) {
                 rope_head(kh, cos_t, sin_t, half);
                 int64_t col = s->write_pos ? s->write_pos[b] : s->length;
                 int64_t off = ((b * KV + kvh) * s->max_len + col) * d;
-                memcpy(kc + off, kh, d * sizeof(float));
-                memcpy(vc + off, vn + b * KV * d + kvh * d, d * sizeof(float));
+                const float *vh = vn + b * KV * d + kvh * d;
+                for (int64_t i = 0; i < d; i++) {
+                    kc[off + i] = wput(kh[i]);
+                    vc[off + i] = wput(vh[i]);
+                }
             }
             /* Attention: softmax(q.k * scale) over the visible columns, times v. */
             float *sc = scores + (int64_t)omp_get_thread_num() * S;
@@ -230,12 +279,12 @@ int lmf_decode_step(const Model *m, const Step *s) {
             for (int64_t bh = 0; bh < B * H; bh++) {
                 int64_t b = bh / H, hq = bh % H, kvh = hq / group;
                 const float *qh = q + b * H * d + hq * d;
-                const float *kb_ = kc + (b * KV + kvh) * s->max_len * d, *vb = vc + (b * KV + kvh) * s->max_len * d;
+                const W *kb_ = kc + (b * KV + kvh) * s->max_len * d, *vb = vc + (b * KV + kvh) * s->max_len * d;
                 const uint8_t *visible = s->mask ? s->mask + b * s->mask_stride : NULL;
                 float top = -INFINITY;
                 for (int64_t j = 0; j < S; j++) {
                     if (visible && !visible[j]) { sc[j] = -INFINITY; continue; }
-                    sc[j] = dot(qh, kb_ + j * d, d) * scale;
+                    sc[j] = dotw(qh, kb_ + j * d, d) * scale;
                     if (sc[j] > top) top = sc[j];
                 }
                 float *out = att + b * H * d + hq * d;
@@ -246,7 +295,7 @@ int lmf_decode_step(const Model *m, const Step *s) {
                     if (sc[j] == -INFINITY) continue;
                     float p = expf(sc[j] - top);
                     total += p;
-                    for (int64_t i = 0; i < d; i++) out[i] += p * vb[j * d + i];
+                    for (int64_t i = 0; i < d; i++) out[i] += p * wget(vb + j * d + i);
                 }
                 for (int64_t i = 0; i < d; i++) out[i] /= total;
             }

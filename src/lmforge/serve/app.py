@@ -80,7 +80,7 @@ class _Mailbox:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        self._loop = weakref.ref(loop)  # weak: the registry below must not keep closed loops alive
         self._lock = threading.Lock()
         self._items: list[tuple[asyncio.Queue, Any]] = []
 
@@ -89,7 +89,15 @@ class _Mailbox:
             self._items.append((queue, item))
             if len(self._items) > 1:
                 return  # the wake-up scheduled for the first item delivers this one too
-        self.loop.call_soon_threadsafe(self._drain)
+        loop = self._loop()
+        try:
+            if loop is None:
+                raise RuntimeError("the event loop is gone")
+            loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # a closed loop: nobody will read these, and later posts must not wait on them
+            with self._lock:
+                self._items.clear()
+            raise
 
     def _drain(self) -> None:
         with self._lock:

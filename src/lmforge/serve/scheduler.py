@@ -101,6 +101,10 @@ class SlotKVCache(KVCache):
     first B slots, a view. The model's causal mask is replaced by an explicit per-row key mask.
     """
 
+    # model/native.py may write this cache itself: ``update`` is exactly "row b's key and value
+    # at column write_pos[b]" over contiguous [layers, slots, heads, capacity, head_dim] tensors.
+    native_decode_layout = True
+
     def __init__(self, config, slots: int, capacity: int, dtype: torch.dtype, device) -> None:
         super().__init__(config, slots, capacity, dtype, device)
         self.write_pos: torch.Tensor | None = None
