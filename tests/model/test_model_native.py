@@ -80,13 +80,16 @@ def test_native_step_equals_forward_on_a_padded_batch(arch_name, overrides, make
     assert len(steps) == 6
 
 
-@pytest.mark.parametrize("arch_name", DENSE)
-def test_bf16_native_step_is_closer_to_fp32_than_torchs_bf16_step(arch_name, make_config, randomize):
+BF16_CASES = [(name, {}) for name in DENSE] + [("LlamaForCausalLM", {"d_model": 40, "n_heads": 5, "n_kv_heads": 1, "ffn_hidden": 50, "vocab_size": 97})]
+
+
+@pytest.mark.parametrize("arch_name,overrides", BF16_CASES, ids=[a + ("-odd-sizes" if o else "") for a, o in BF16_CASES])
+def test_bf16_native_step_is_closer_to_fp32_than_torchs_bf16_step(arch_name, overrides, make_config, randomize):
     """bf16 weights and cache, fp32 activations: against the fp32 forward of the very same weights
     and cached values, the native step errs only by rounding the new key/value and the logits,
     while torch's bf16 step rounds after every op."""
-    model = _model(make_config, randomize, arch_name).to(torch.bfloat16)
-    reference = _model(make_config, randomize, arch_name).to(torch.bfloat16).float()  # the same bf16 values, in fp32
+    model = _model(make_config, randomize, arch_name, **overrides).to(torch.bfloat16)
+    reference = _model(make_config, randomize, arch_name, **overrides).to(torch.bfloat16).float()  # the same bf16 values, in fp32
     plan, torch_plan = DecodePlan.of(model), DecodePlan.of(model, native=False)
     assert plan.native is not None and plan.native.dtype is torch.bfloat16
     B, total, past = 3, 16, 9

@@ -176,8 +176,8 @@ class NativeDecoder:
 
     # Rows per step, beyond which torch's batched GEMMs (reusing each weight tile; AMX for bf16)
     # win. Measured on 2 cores, 26.9M and 4.6M shapes: fp32 2.0-2.4x torch's step at 1 row,
-    # 1.6-2.1x at 8, 1.2-1.35x at 32; bf16 3.8-6x at 1 row, about 2x at 8, slower from 16.
-    MAX_BATCH = {torch.float32: 32, torch.bfloat16: 8}  # at most 64, the C side's MAX_BATCH
+    # 1.6-2.1x at 8, 1.2-1.35x at 32; bf16 4.3-6x at 1 row, 1.4-2x at 8, 1.2x at 16, slower at 32.
+    MAX_BATCH = {torch.float32: 32, torch.bfloat16: 16}  # at most 64, the C side's MAX_BATCH
 
     def __init__(self, plan, lib: ctypes.CDLL) -> None:
         self._lib = lib

@@ -130,21 +130,22 @@ static inline void dot4(const W *w0, const W *w1, const W *w2, const W *w3, cons
     out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
 }
 
-/* dot4 for two vectors at once: each weight load feeds two products, and eight independent
- * accumulators keep both FMA units busy (four would wait on each other's latency). */
-static inline void dot4x2(const W *w0, const W *w1, const W *w2, const W *w3, const float *x, const float *z, int64_t K,
+/* dot4 for two vectors at once, over fp32 rows (the weights themselves in the fp32 build, rows
+ * block4 has widened in the bf16 one): each weight load feeds two products, and eight
+ * independent accumulators keep both FMA units busy (four would wait on each other's latency). */
+static inline void dot4x2(const float *w0, const float *w1, const float *w2, const float *w3, const float *x, const float *z, int64_t K,
                           float *out_x, float *out_z) {
     v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
     int64_t k = 0;
     for (; k + LANES <= K; k += LANES) {
         v16 xv = *(const v16 *)(x + k), zv = *(const v16 *)(z + k);
-        v16 r0 = wvec(w0 + k), r1 = wvec(w1 + k), r2 = wvec(w2 + k), r3 = wvec(w3 + k);
+        v16 r0 = *(const v16 *)(w0 + k), r1 = *(const v16 *)(w1 + k), r2 = *(const v16 *)(w2 + k), r3 = *(const v16 *)(w3 + k);
         a0 += r0 * xv; a1 += r1 * xv; a2 += r2 * xv; a3 += r3 * xv;
         c0 += r0 * zv; c1 += r1 * zv; c2 += r2 * zv; c3 += r3 * zv;
     }
     float s[8] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3), hsum(c0), hsum(c1), hsum(c2), hsum(c3)};
     for (; k < K; k++) {
-        float r0 = wget(w0 + k), r1 = wget(w1 + k), r2 = wget(w2 + k), r3 = wget(w3 + k);
+        float r0 = w0[k], r1 = w1[k], r2 = w2[k], r3 = w3[k];
         s[0] += r0 * x[k]; s[1] += r1 * x[k]; s[2] += r2 * x[k]; s[3] += r3 * x[k];
         s[4] += r0 * z[k]; s[5] += r1 * z[k]; s[6] += r2 * z[k]; s[7] += r3 * z[k];
     }
@@ -155,13 +156,31 @@ static inline void dot4x2(const W *w0, const W *w1, const W *w2, const W *w3, co
 #define MAX_BATCH 64  /* rows per step; native.py sends at most NativeDecoder.MAX_BATCH (<= 64) */
 
 /* The rows [n0, n0 + rows) of W [N, K] (rows <= 4) times each x[b] (b < B, rows ldx apart):
- * out[b * 4 + r] = W[n0 + r] . x[b] + bias[n0 + r]. The four weight rows stay in L1 across b. */
+ * out[b * 4 + r] = W[n0 + r] . x[b] + bias[n0 + r]. The four weight rows stay in L1 across b.
+ * `wide` is this thread's scratch of 4 * K floats (used by the bf16 build only). */
 static inline void block4(const W *weight, const W *bias, int64_t n0, int64_t rows, int64_t K, const float *x, int64_t ldx, int64_t B,
-                          float *out) {
+                          float *out, float *wide) {
     const W *w0 = weight + n0 * K;
     const W *w1 = rows > 1 ? w0 + K : w0, *w2 = rows > 2 ? w0 + 2 * K : w0, *w3 = rows > 3 ? w0 + 3 * K : w0;
     int64_t b = 0;
-    for (; b + 2 <= B; b += 2) dot4x2(w0, w1, w2, w3, x + b * ldx, x + (b + 1) * ldx, K, out + b * 4, out + (b + 1) * 4);
+    if (B >= 2) {
+#ifdef LMF_BF16
+        /* Widen the rows to fp32 once for all pairs of batch rows: converting per pair made the
+         * products compute-bound from 4 rows on. */
+        for (int64_t r = 0; r < rows; r++) {
+            const W *src = w0 + r * K;
+            float *dst = wide + r * K;
+            int64_t k = 0;
+            for (; k + LANES <= K; k += LANES) *(v16 *)(dst + k) = wvec(src + k);
+            for (; k < K; k++) dst[k] = wget(src + k);
+        }
+        const float *f0 = wide, *f1 = rows > 1 ? wide + K : wide, *f2 = rows > 2 ? wide + 2 * K : wide, *f3 = rows > 3 ? wide + 3 * K : wide;
+#else
+        const float *f0 = w0, *f1 = w1, *f2 = w2, *f3 = w3;
+        (void)wide;
+#endif
+        for (; b + 2 <= B; b += 2) dot4x2(f0, f1, f2, f3, x + b * ldx, x + (b + 1) * ldx, K, out + b * 4, out + (b + 1) * 4);
+    }
     if (b < B) dot4(w0, w1, w2, w3, x + b * ldx, K, out + b * 4);
     if (bias)
         for (b = 0; b < B; b++)
@@ -173,13 +192,13 @@ enum Epilogue { STORE, ADD };  /* y = W x + b, or y += W x + b (a residual conne
 /* y[b, n] (= or +=) W[n] . x[b] + bias[n] for b < B; inside the parallel region, rows split
  * across the threads, an implicit barrier at the end. */
 static void matvec(const W *weight, const W *bias, int64_t N, int64_t K, const float *x, int64_t ldx, float *y, int64_t ldy,
-                   int64_t B, enum Epilogue epilogue) {
+                   int64_t B, enum Epilogue epilogue, float *wide) {
     int64_t blocks = (N + 3) / 4;
     #pragma omp for schedule(static)
     for (int64_t blk = 0; blk < blocks; blk++) {
         int64_t n0 = blk * 4, rows = N - n0 < 4 ? N - n0 : 4;
         float out[4 * MAX_BATCH];
-        block4(weight, bias, n0, rows, K, x, ldx, B, out);
+        block4(weight, bias, n0, rows, K, x, ldx, B, out, wide);
         for (int64_t b = 0; b < B; b++) {
             float *yb = y + b * ldy + n0;
             for (int64_t r = 0; r < rows; r++) yb[r] = epilogue == ADD ? yb[r] + out[b * 4 + r] : out[b * 4 + r];
@@ -212,17 +231,26 @@ int lmf_decode_step(const Model *m, const Step *s) {
     for (int64_t b = 0; b < B; b++)
         if (s->tokens[b] < 0 || s->tokens[b] >= V) return (int)(1 + b);
     const int threads = s->threads > 0 ? (int)s->threads : 1;
-    /* x, h: [B, D]; q, att: [B, H*d]; k, v: [B, KV*d]; g: [B, F]; rope: [B, 2, half]; scores: [threads, S] */
-    size_t floats = (size_t)B * (2 * D + 2 * H * d + 2 * KV * d + F + 2 * half) + (size_t)threads * S;
+    /* x, h: [B, D]; q, att: [B, H*d]; k, v: [B, KV*d]; g: [B, F]; rope: [B, 2, half]; scores: [threads, S];
+     * wide: [threads, 4, the widest K] (bf16 only) */
+    int64_t widest = D > H * d ? D : H * d;
+    if (F > widest) widest = F;
+#ifdef LMF_BF16
+    const int64_t wide_per_thread = 4 * widest;
+#else
+    const int64_t wide_per_thread = 0;
+#endif
+    size_t floats = (size_t)B * (2 * D + 2 * H * d + 2 * KV * d + F + 2 * half) + (size_t)threads * (S + wide_per_thread);
     float *buf = malloc(floats * sizeof(float));
     if (!buf) return -1;
     float *x = buf, *h = x + B * D, *q = h + B * D, *att = q + B * H * d, *kn = att + B * H * d, *vn = kn + B * KV * d;
-    float *g = vn + B * KV * d, *rope = g + B * F, *scores = rope + B * 2 * half;
+    float *g = vn + B * KV * d, *rope = g + B * F, *scores = rope + B * 2 * half, *wides = scores + (int64_t)threads * S;
     const float scale = 1.0f / sqrtf((float)d);
     const int64_t layer_stride = s->slots * KV * s->max_len * d;
 
     #pragma omp parallel num_threads(threads)
     {
+        float *wide = wides + (int64_t)omp_get_thread_num() * wide_per_thread;
         #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) {
             const W *row = m->embed + s->tokens[b] * D;
@@ -249,7 +277,7 @@ int lmf_decode_step(const Model *m, const Step *s) {
                 else { weight = L->v; bias = L->v_bias; y = vn; N = KV * d; n0 = (blk - qb - kb) * 4; ldy = KV * d; }
                 int64_t rows = N - n0 < 4 ? N - n0 : 4;
                 float out[4 * MAX_BATCH];
-                block4(weight, bias, n0, rows, D, h, D, B, out);
+                block4(weight, bias, n0, rows, D, h, D, B, out, wide);
                 for (int64_t b = 0; b < B; b++) memcpy(y + b * ldy + n0, out + b * 4, rows * sizeof(float));
             }
             /* QK-norm, RoPE and the cache write, one (row, kv head) at a time with its query heads. */
@@ -299,7 +327,7 @@ int lmf_decode_step(const Model *m, const Step *s) {
                 }
                 for (int64_t i = 0; i < d; i++) out[i] /= total;
             }
-            matvec(L->o, L->o_bias, D, H * d, att, H * d, x, D, B, ADD);
+            matvec(L->o, L->o_bias, D, H * d, att, H * d, x, D, B, ADD, wide);
             #pragma omp for schedule(static)
             for (int64_t b = 0; b < B; b++) rms_norm_row(x + b * D, L->post_norm, D, m->eps, h + b * D);
             /* gate and up for the same rows together, fused with silu(gate) * up. */
@@ -307,19 +335,19 @@ int lmf_decode_step(const Model *m, const Step *s) {
             for (int64_t blk = 0; blk < (F + 3) / 4; blk++) {
                 int64_t n0 = blk * 4, rows = F - n0 < 4 ? F - n0 : 4;
                 float gate[4 * MAX_BATCH], up[4 * MAX_BATCH];
-                block4(L->gate, L->gate_bias, n0, rows, D, h, D, B, gate);
-                block4(L->up, L->up_bias, n0, rows, D, h, D, B, up);
+                block4(L->gate, L->gate_bias, n0, rows, D, h, D, B, gate, wide);
+                block4(L->up, L->up_bias, n0, rows, D, h, D, B, up, wide);
                 for (int64_t b = 0; b < B; b++)
                     for (int64_t r = 0; r < rows; r++) {
                         float a = gate[b * 4 + r];
                         g[b * F + n0 + r] = a / (1.0f + expf(-a)) * up[b * 4 + r];
                     }
             }
-            matvec(L->down, L->down_bias, D, F, g, F, x, D, B, ADD);
+            matvec(L->down, L->down_bias, D, F, g, F, x, D, B, ADD, wide);
         }
         #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) rms_norm_row(x + b * D, m->final_norm, D, m->eps, h + b * D);
-        matvec(m->lm_head, m->lm_head_bias, V, D, h, D, s->logits, V, B, STORE);
+        matvec(m->lm_head, m->lm_head_bias, V, D, h, D, s->logits, V, B, STORE, wide);
     }
     free(buf);
     return 0;
