@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import clone_cache, prefilled, slot_caches
 
 from lmforge.model import Transformer
 from lmforge.model.decode import DecodePlan
@@ -19,27 +20,6 @@ def _model(make_config, randomize, arch, dtype=torch.float32, **overrides) -> Tr
     return randomize(Transformer(make_config(arch, **overrides))).to(dtype).eval()
 
 
-def _prefilled(model, prompts: list[list[int]], total: int):
-    """Left-padded prefill, as the engine does: (cache, [B, total] key mask, next positions [B])."""
-    batch, width = len(prompts), max(len(p) for p in prompts)
-    ids = torch.zeros((batch, width), dtype=torch.long)
-    key_mask = torch.zeros((batch, total), dtype=torch.bool)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p)
-        key_mask[row, width - len(p):width] = True
-    positions = (key_mask[:, :width].long().cumsum(-1) - 1).clamp(min=0)
-    cache = model.new_kv_cache(batch, total)
-    model(ids, position_ids=positions, kv_cache=cache, attention_mask=key_mask[:, :width])
-    return cache, key_mask, torch.tensor([len(p) for p in prompts])
-
-
-def _clone(cache):
-    copy = type(cache).__new__(type(cache))
-    copy.__dict__.update(cache.__dict__)
-    copy.k, copy.v = cache.k.clone(), cache.v.clone()
-    return copy
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("arch_name,overrides", MHA_AND_GQA, ids=[a + ("-mha" if o else "") for a, o in MHA_AND_GQA])
 def test_step_equals_forward_bitwise_on_a_padded_batch(arch_name, overrides, dtype, make_config, randomize):
@@ -49,8 +29,8 @@ def test_step_equals_forward_bitwise_on_a_padded_batch(arch_name, overrides, dty
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(1, 96, (n,), generator=gen).tolist() for n in (7, 3, 5)]
     with torch.inference_mode():
-        by_forward, key_mask, positions = _prefilled(model, prompts, total=12)
-        by_plan = _clone(by_forward)
+        by_forward, key_mask, positions = prefilled(model, prompts, total=12)
+        by_plan = clone_cache(by_forward)
         tokens = torch.tensor([5, 17, 42])
         for _ in range(4):  # several steps: each one reads what the previous ones wrote
             width = by_forward.length + 1
@@ -70,28 +50,18 @@ def test_step_without_a_mask_equals_the_unpadded_forward(make_config, randomize)
     with torch.inference_mode():
         cache = model.new_kv_cache(2, 16)
         model(torch.tensor([[3, 4, 5, 6], [7, 8, 9, 10]]), kv_cache=cache)
-        mirror = _clone(cache)
+        mirror = clone_cache(cache)
         expected = model(torch.tensor([[11], [12]]), kv_cache=cache).logits[:, -1]
         got = plan.step(torch.tensor([11, 12]), torch.tensor([4, 4]), mirror, None)
     assert torch.equal(got, expected)
 
 
 def test_step_writes_the_servers_slot_cache_at_each_rows_own_position(make_config, randomize):
-    from lmforge.serve.scheduler import SlotKVCache
-
     model = _model(make_config, randomize, "Qwen2MoeForCausalLM")
     plan = DecodePlan.of(model, native=False)
     lengths = torch.tensor([5, 2])  # slot 0 holds 5 tokens, slot 1 holds 2
     with torch.inference_mode():
-        cache = SlotKVCache(model.config, 2, 16, torch.float32, "cpu")
-        gen = torch.Generator().manual_seed(2)
-        cache.k.normal_(generator=gen)
-        cache.v.normal_(generator=gen)
-        mirror = _clone(cache)
-        width = int(lengths.max()) + 1
-        mask = (torch.arange(width)[None, :] <= lengths[:, None])[:, None, None, :]
-        for c in (cache, mirror):
-            c.length, c.write_pos = width - 1, lengths
+        cache, mirror, mask = slot_caches(model.config, 2, lengths)
         tokens = torch.tensor([9, 30])
         expected = model(tokens[:, None], position_ids=lengths[:, None], kv_cache=cache, attention_mask=mask).logits[:, -1]
         got = plan.step(tokens, lengths, mirror, mask)
@@ -145,7 +115,7 @@ def test_biases_anywhere_are_applied(make_config, randomize):
     with torch.inference_mode():
         cache = model.new_kv_cache(1, 8)
         model(torch.tensor([[3, 4, 5]]), kv_cache=cache)
-        mirror = _clone(cache)
+        mirror = clone_cache(cache)
         expected = model(torch.tensor([[6]]), kv_cache=cache).logits[:, -1]
         assert torch.equal(plan.step(torch.tensor([6]), torch.tensor([3]), mirror, None), expected)
 
@@ -161,8 +131,8 @@ def test_step_equals_forward_when_kv_heads_are_copied(arch_name, make_config, ra
     model = _model(make_config, randomize, arch_name)
     prompts = [[5, 6, 7, 8], [9, 10]]
     with torch.inference_mode():
-        cache, key_mask, positions = _prefilled(model, prompts, total=8)
-        mirror = _clone(cache)
+        cache, key_mask, positions = prefilled(model, prompts, total=8)
+        mirror = clone_cache(cache)
         key_mask[:, 4] = True
         expected = model(torch.tensor([[11], [12]]), position_ids=positions[:, None], kv_cache=cache,
                          attention_mask=key_mask[:, :5]).logits[:, -1]
@@ -200,7 +170,7 @@ def test_step_equals_forward_under_bf16_autocast(make_config, randomize):
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         cache = model.new_kv_cache(1, 8)
         model(torch.tensor([[3, 4, 5]]), kv_cache=cache)
-        mirror = _clone(cache)
+        mirror = clone_cache(cache)
         expected = model(torch.tensor([[6]]), kv_cache=cache).logits[:, -1]
         got = plan.step(torch.tensor([6]), torch.tensor([3]), mirror, None)
     assert got.dtype == expected.dtype

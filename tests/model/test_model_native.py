@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 import torch
+from model_helpers import clone_cache, prefilled, slot_caches
 
 from lmforge.model import KVCache, ModelConfig, Transformer
 from lmforge.model import native
@@ -26,27 +27,6 @@ def _model(make_config, randomize, arch, **overrides) -> Transformer:
     return randomize(Transformer(make_config(arch, **overrides))).eval()
 
 
-def _clone(cache):
-    copy = type(cache).__new__(type(cache))
-    copy.__dict__.update(cache.__dict__)
-    copy.k, copy.v = cache.k.clone(), cache.v.clone()
-    return copy
-
-
-def _prefilled(model, prompts, total):
-    """Left-padded prefill, as the engine does: (cache, [B, total] key mask, next positions [B])."""
-    batch, width = len(prompts), max(len(p) for p in prompts)
-    ids = torch.zeros((batch, width), dtype=torch.long)
-    key_mask = torch.zeros((batch, total), dtype=torch.bool)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p)
-        key_mask[row, width - len(p):width] = True
-    positions = (key_mask[:, :width].long().cumsum(-1) - 1).clamp(min=0)
-    cache = model.new_kv_cache(batch, total)
-    model(ids, position_ids=positions, kv_cache=cache, attention_mask=key_mask[:, :width])
-    return cache, key_mask, torch.tensor([len(p) for p in prompts])
-
-
 @pytest.mark.parametrize("overrides", [{}, {"n_kv_heads": 4}, {"d_model": 40, "n_heads": 5, "n_kv_heads": 1, "ffn_hidden": 50}],
                          ids=["gqa", "mha", "odd-sizes"])
 @pytest.mark.parametrize("arch_name", DENSE)
@@ -61,8 +41,8 @@ def test_native_step_equals_forward_on_a_padded_batch(arch_name, overrides, make
     steps = []
     real = native.NativeDecoder.step
     with torch.inference_mode():
-        by_forward, key_mask, positions = _prefilled(model, prompts, total=16)
-        by_native = _clone(by_forward)
+        by_forward, key_mask, positions = prefilled(model, prompts, total=16)
+        by_native = clone_cache(by_forward)
         tokens = torch.tensor([5, 17, 42])
         for _ in range(6):  # each step reads what the previous ones wrote
             width = by_forward.length + 1
@@ -99,7 +79,7 @@ def test_bf16_native_step_is_closer_to_fp32_than_torchs_bf16_step(arch_name, ove
         cache.k.copy_(torch.randn(cache.k.shape, generator=gen))
         cache.v.copy_(torch.randn(cache.v.shape, generator=gen))
         cache.length = past
-        by_torch, by_fp32 = _clone(cache), reference.new_kv_cache(B, total)
+        by_torch, by_fp32 = clone_cache(cache), reference.new_kv_cache(B, total)
         by_fp32.k.copy_(cache.k.float()), by_fp32.v.copy_(cache.v.float())
         by_fp32.length = past
         tokens, positions = torch.tensor([5, 17, 42]), torch.tensor([9, 4, 7])
@@ -118,20 +98,10 @@ def test_bf16_native_step_is_closer_to_fp32_than_torchs_bf16_step(arch_name, ove
 
 
 def test_native_step_writes_the_servers_slot_cache_at_each_rows_own_position(make_config, randomize):
-    from lmforge.serve.scheduler import SlotKVCache
-
     model = _model(make_config, randomize, "Qwen3ForCausalLM")
     lengths = torch.tensor([5, 2, 9])  # each slot holds its own number of tokens
     with torch.inference_mode():
-        cache = SlotKVCache(model.config, 4, 16, torch.float32, "cpu")  # a spare fourth slot
-        gen = torch.Generator().manual_seed(2)
-        cache.k.normal_(generator=gen)
-        cache.v.normal_(generator=gen)
-        mirror = _clone(cache)
-        width = int(lengths.max()) + 1
-        mask = (torch.arange(width)[None, :] <= lengths[:, None])[:, None, None, :]
-        for c in (cache, mirror):
-            c.length, c.write_pos = width - 1, lengths
+        cache, mirror, mask = slot_caches(model.config, 4, lengths)  # a spare fourth slot
         tokens = torch.tensor([9, 30, 2])
         expected = DecodePlan.of(model, native=False).step(tokens, lengths, cache, mask)
         got = DecodePlan.of(model).native.step(tokens, lengths, mirror, mask)
@@ -236,7 +206,7 @@ def test_biases_on_some_layers_only(make_config, randomize):
     with torch.inference_mode():
         cache = model.new_kv_cache(1, 8)
         model(torch.tensor([[3, 4, 5]]), kv_cache=cache)
-        mirror = _clone(cache)
+        mirror = clone_cache(cache)
         expected = model(torch.tensor([[6]]), kv_cache=cache).logits[:, -1]
         got = plan.native.step(torch.tensor([6]), torch.tensor([3]), mirror, None)
     torch.testing.assert_close(got, expected, **TOL)
