@@ -226,7 +226,7 @@ def test_bad_tokens_and_a_full_cache_are_errors(make_config, randomize):
 
 def test_no_compiler_means_a_warning_and_the_torch_step(make_config, randomize, monkeypatch, tmp_path):
     monkeypatch.setattr(native, "_libraries", {})
-    monkeypatch.setattr(native, "_unavailable", None)
+    monkeypatch.setattr(native, "_unavailable", {})
     monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", "no-such-compiler")
     model = _model(make_config, randomize, "LlamaForCausalLM")
@@ -237,6 +237,16 @@ def test_no_compiler_means_a_warning_and_the_torch_step(make_config, randomize, 
         cache = model.new_kv_cache(1, 8)
         assert plan.step(torch.tensor([3]), torch.tensor([0]), cache, None).shape == (1, 96)
     assert DecodePlan.of(model).native is None  # the failure is remembered: one warning, not one per call
+
+
+def test_a_failed_bf16_build_leaves_the_fp32_kernel(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_libraries", {})
+    monkeypatch.setattr(native, "_unavailable", {})
+    monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setitem(native.DTYPES, torch.bfloat16, ["-DLMF_BF16", "-Werror=no-such-warning-flag"])  # as an old gcc would fail
+    with pytest.warns(RuntimeWarning, match="bfloat16"):
+        assert native.library(torch.bfloat16) is None
+    assert native.library(torch.float32) is not None
 
 
 def test_the_build_is_cached_and_atomic(monkeypatch, tmp_path):

@@ -16,10 +16,10 @@ torch calls on the weights:
 - the cache's own ``update`` writes keys and values, so the engine's ``KVCache`` and the
   server's per-slot cache both work.
 
-On the CPU in fp32 a dense model's steps go further, to a C kernel (``native.py``) that runs the
-whole step in one OpenMP region: about 1.5x faster again, equal to ``forward`` to fp32 rounding
-rather than bitwise (``DecodePlan.of(model, native=False)`` or ``LMFORGE_NATIVE_DECODE=0`` keep
-the bitwise path).
+On the CPU a dense fp32 or bf16 model's steps go further, to a C kernel (``native.py``) that runs
+the whole step in one OpenMP region: about 2x faster again in fp32 (equal to ``forward`` to fp32
+rounding rather than bitwise), more in bf16 (closer to an fp32 forward than torch's bf16 step).
+``DecodePlan.of(model, native=False)`` or ``LMFORGE_NATIVE_DECODE=0`` keep the bitwise path.
 
 ``DecodePlan.of(model)`` returns None for anything it cannot reproduce exactly — a wrapped or
 compiled model (``torch.compile(model)`` or ``model.compile()``), a module whose ``forward`` was
@@ -95,8 +95,8 @@ class DecodePlan:
     def of(cls, model: nn.Module, native: bool = True) -> DecodePlan | None:
         """A plan for a plain lmforge ``Transformer``; None where ``step`` would not equal ``forward``.
 
-        ``native``: let the C kernel (``native.py``) take the steps it covers (dense fp32 on the
-        CPU): faster, equal to ``forward`` to fp32 rounding rather than bitwise.
+        ``native``: let the C kernel (``native.py``) take the steps it covers (dense fp32 or bf16
+        on the CPU): faster, equal to ``forward`` to rounding rather than bitwise.
         """
         if type(model) is not Transformer or model.training:
             return None

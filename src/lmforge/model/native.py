@@ -77,20 +77,22 @@ DTYPES = {torch.float32: [], torch.bfloat16: ["-DLMF_BF16"]}  # weight dtype -> 
 
 _lock = threading.Lock()
 _libraries: dict[torch.dtype, ctypes.CDLL] = {}
-_unavailable: str | None = None  # why no library can be had in this process, once known
+_unavailable: dict[torch.dtype, str] = {}  # why a build cannot be had in this process, once known
 
 
 def library(dtype: torch.dtype = torch.float32) -> ctypes.CDLL | None:
     """The kernel for weights of ``dtype`` (built on first use), or None with one warning where it
-    cannot be had (then never tried again in this process)."""
-    global _unavailable
+    cannot be had (then never tried again in this process; each dtype's build on its own, so an
+    older compiler that fails the bf16 build still gives the fp32 one)."""
     with _lock:
-        if dtype not in _libraries and _unavailable is None:
+        if dtype not in _libraries and dtype not in _unavailable:
             try:
                 _libraries[dtype] = _load(_build(DTYPES[dtype]))
             except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-                _unavailable = str(error)
-                warnings.warn(f"lmforge: native decode kernel unavailable, decoding with torch ops instead: {error}", RuntimeWarning, stacklevel=3)
+                _unavailable[dtype] = str(error)
+                name = str(dtype).removeprefix("torch.")
+                warnings.warn(f"lmforge: native {name} decode kernel unavailable, decoding with torch ops instead: {error}",
+                              RuntimeWarning, stacklevel=3)
         return _libraries.get(dtype)
 
 

@@ -180,6 +180,11 @@ static inline void block4(const W *weight, const W *bias, int64_t n0, int64_t ro
         (void)wide;
 #endif
         for (; b + 2 <= B; b += 2) dot4x2(f0, f1, f2, f3, x + b * ldx, x + (b + 1) * ldx, K, out + b * 4, out + (b + 1) * 4);
+        if (b < B) {  /* an odd last row: paired with itself, which beats four dependent chains */
+            float twin[4];
+            dot4x2(f0, f1, f2, f3, x + b * ldx, x + b * ldx, K, out + b * 4, twin);
+            b++;
+        }
     }
     if (b < B) dot4(w0, w1, w2, w3, x + b * ldx, K, out + b * 4);
     if (bias)
