@@ -173,6 +173,19 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _layer_tensors(layer) -> tuple[torch.Tensor | None, ...]:
+    """A decode plan layer's tensors in ``_Layer``'s field order (None: no such bias or norm)."""
+    gate, gate_bias, up, up_bias, down, down_bias = layer.swiglu
+    return (layer.input_norm, layer.q, layer.q_bias, layer.k, layer.k_bias, layer.v, layer.v_bias, layer.o, layer.o_bias,
+            layer.q_norm, layer.k_norm, layer.post_norm, gate, gate_bias, up, up_bias, down, down_bias)
+
+
+def _plan_tensors(plan) -> list[torch.Tensor]:
+    """Every tensor the kernel reads from a dense plan."""
+    tensors = [t for layer in plan.layers for t in _layer_tensors(layer)]
+    return [t for t in (*tensors, plan.embed, plan.final_norm, plan.lm_head, plan.lm_head_bias) if t is not None]
+
+
 class NativeDecoder:
     """One model's weights as the C kernel's structs; ``step`` mirrors ``DecodePlan.step``."""
 
@@ -187,15 +200,7 @@ class NativeDecoder:
         self.max_batch = self.MAX_BATCH[self.dtype]
         self.vocab_size, self.n_layers = plan.embed.shape[0], len(plan.layers)
         self.n_kv_heads, self.head_dim = plan.n_kv_heads, plan.head_dim
-        layers = []
-        tensors = [plan.embed, plan.final_norm, plan.lm_head, plan.lm_head_bias]
-        for layer in plan.layers:
-            gate, gate_bias, up, up_bias, down, down_bias = layer.swiglu
-            values = (layer.input_norm, layer.q, layer.q_bias, layer.k, layer.k_bias, layer.v, layer.v_bias, layer.o, layer.o_bias,
-                      layer.q_norm, layer.k_norm, layer.post_norm, gate, gate_bias, up, up_bias, down, down_bias)
-            layers.append(_Layer(*map(_ptr, values)))
-            tensors += values
-        self._layers = (_Layer * len(layers))(*layers)
+        self._layers = (_Layer * len(plan.layers))(*(_Layer(*map(_ptr, _layer_tensors(layer))) for layer in plan.layers))
         ffn = plan.layers[0].swiglu[0].shape[0]
         # A copy: the rotary module recomputes its inv_freq (the same values) on every model.to().
         self._inv_freq = plan.rotary.inv_freq.detach().float().clone()
@@ -205,7 +210,7 @@ class NativeDecoder:
         # The struct holds raw addresses: a Parameter whose storage is swapped (model.to(), .data =)
         # would leave them dangling, so each step checks them first (about 10 µs) and leaves such
         # a model to the torch step, which follows the Parameters.
-        self._tensors = [t for t in tensors if t is not None]
+        self._tensors = _plan_tensors(plan)
         self._addresses = [t.data_ptr() for t in self._tensors]
 
     @classmethod
@@ -213,12 +218,10 @@ class NativeDecoder:
         """For a ``DecodePlan`` of a dense fp32 or bf16 CPU model, when the kernel is enabled and builds."""
         if not enabled() or any(layer.swiglu is None for layer in plan.layers):
             return None
-        tensors = [t for layer in plan.layers for t in (layer.input_norm, layer.q, layer.k, layer.v, layer.o, layer.post_norm, *layer.swiglu,
-                                                         layer.q_bias, layer.k_bias, layer.v_bias, layer.o_bias, layer.q_norm, layer.k_norm)
-                   if t is not None]
-        tensors += [t for t in (plan.embed, plan.final_norm, plan.lm_head, plan.lm_head_bias) if t is not None]
+        if len({layer.swiglu[0].shape for layer in plan.layers}) != 1:
+            return None  # the kernel takes one feed-forward width for all layers
         dtype = plan.embed.dtype
-        if dtype not in DTYPES or any(t.device.type != "cpu" or t.dtype is not dtype or not t.is_contiguous() for t in tensors):
+        if dtype not in DTYPES or any(t.device.type != "cpu" or t.dtype is not dtype or not t.is_contiguous() for t in _plan_tensors(plan)):
             return None
         if plan.n_heads % plan.n_kv_heads or plan.rotary.inv_freq.numel() != plan.head_dim // 2:
             return None
@@ -275,7 +278,9 @@ class NativeDecoder:
         status = self._lib.lmf_decode_step(ctypes.byref(self._model), ctypes.byref(step))
         if status > 0:
             raise IndexError(f"token id {int(tokens[status - 1])} out of range for vocabulary size {self.vocab_size}")
+        if status == -1:
+            raise MemoryError("native decode step: out of memory for its scratch buffers")
         if status < 0:
-            raise MemoryError("native decode step: out of memory for its scratch buffers") if status == -1 else ValueError(f"native decode step: {B} rows > its limit")
+            raise ValueError(f"native decode step: {B} rows, more than native_decode.c's MAX_BATCH")
         kv_cache.length = length + 1
         return logits if self.dtype is torch.float32 else logits.to(self.dtype)  # the torch step's dtype
