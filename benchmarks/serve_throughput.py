@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -99,12 +100,8 @@ def single_stream(ckpt: Path, dtype: torch.dtype, new_tokens: int, rounds: int) 
         return engine.generate([prompt], sampling)[0].token_ids
 
     def run_lmforge_torch():  # the same engine with the native kernel switched off
-        before = os.environ.get(SWITCH)
-        os.environ[SWITCH] = "0"
-        try:
+        with mock.patch.dict(os.environ, {SWITCH: "0"}):
             return engine.generate([prompt], sampling)[0].token_ids
-        finally:
-            os.environ.pop(SWITCH) if before is None else os.environ.__setitem__(SWITCH, before)
 
     def run_hf():
         with torch.inference_mode():
